@@ -1,0 +1,45 @@
+"""Typed, validated recipe configs (pure: imports neither Ray nor DeepSpeed)."""
+
+from dreamray.config.load import RecipeError, load_recipe, parse_overrides
+from dreamray.config.specs import (
+    CheckpointSpec,
+    DataSourceSpec,
+    DataSpec,
+    DeepSpeedSpec,
+    EvalSpec,
+    EvalStageSpec,
+    InitSpec,
+    LossSpec,
+    MergeSpec,
+    MergeStageSpec,
+    ModelSpec,
+    OptimSpec,
+    ProjectorSpec,
+    RecipeSpec,
+    ScalingSpec,
+    StageSpec,
+    TrainStageSpec,
+)
+
+__all__ = [
+    "CheckpointSpec",
+    "DataSourceSpec",
+    "DataSpec",
+    "DeepSpeedSpec",
+    "EvalSpec",
+    "EvalStageSpec",
+    "InitSpec",
+    "LossSpec",
+    "MergeSpec",
+    "MergeStageSpec",
+    "ModelSpec",
+    "OptimSpec",
+    "ProjectorSpec",
+    "RecipeError",
+    "RecipeSpec",
+    "ScalingSpec",
+    "StageSpec",
+    "TrainStageSpec",
+    "load_recipe",
+    "parse_overrides",
+]

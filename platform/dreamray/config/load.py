@@ -1,0 +1,207 @@
+"""Load a recipe YAML: defaults merge, dotted overrides, validation, path checks.
+
+Every problem of a recipe is collected and raised together in one `RecipeError` whose lines
+each start with the key path at fault, before anything asks Ray for resources.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from dreamray.config.specs import BASE_SOURCE, RecipeSpec, find_cycle, is_stage_ref
+
+STAGE_DEFAULTS_KEY = "stage_defaults"
+STAGE_KINDS = ("train", "merge", "eval")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; `problems` holds one `key.path: message` line per problem."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        listing = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s):\n{listing}")
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Parse `a.b.c=value` strings; values are read as YAML scalars (`2.0e-3`, `true`, `[a]`).
+
+    Args:
+        items: override strings as given on a command line.
+
+    Returns:
+        A mapping of dotted key path to parsed value.
+
+    Raises:
+        RecipeError: if an item has no `=` or an empty key.
+    """
+    parsed, problems = {}, []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"override {item!r}: expected key.path=value")
+            continue
+        parsed[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    if problems:
+        raise RecipeError("command line", problems)
+    return parsed
+
+
+def load_recipe(
+    path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    check_paths: bool = True,
+) -> RecipeSpec:
+    """Read, merge, override, validate and resolve a recipe YAML.
+
+    Args:
+        path: the recipe YAML file.
+        overrides: dotted key paths to values, applied before validation.
+        check_paths: also require every local model and data path to exist.
+
+    Returns:
+        The validated recipe with every relative path made absolute against `root`.
+
+    Raises:
+        RecipeError: listing every problem with its key path.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise RecipeError(str(path), [f"cannot read recipe: {err}"]) from err
+    if not isinstance(raw, dict):
+        raise RecipeError(str(path), ["the recipe must be a mapping at the top level"])
+    raw = apply_overrides(raw, overrides or {})
+    raw = merge_stage_defaults(raw)
+    problems = raw_graph_problems(raw)
+    try:
+        recipe = RecipeSpec.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(str(path), problems + format_validation_errors(err)) from None
+    if problems:
+        raise RecipeError(str(path), problems)
+    recipe = resolve_paths(recipe)
+    if check_paths:
+        missing = [f"{key}: path does not exist: {p}" for key, p in local_paths(recipe)
+                   if not Path(p).exists()]
+        if missing:
+            raise RecipeError(str(path), missing)
+    return recipe
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of `raw` with each dotted key set to its value (creating mappings)."""
+    out = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            child = node.get(key) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        node[leaf] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Merge `top` into a copy of `base`; mappings merge recursively, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def merge_stage_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `stage_defaults` under every train stage, then drop the key."""
+    out = dict(raw)
+    defaults = out.pop(STAGE_DEFAULTS_KEY, None) or {}
+    stages = out.get("stages")
+    if not isinstance(defaults, dict) or not isinstance(stages, dict):
+        return out
+    out["stages"] = {
+        name: deep_merge(defaults, stage)
+        if isinstance(stage, dict) and stage.get("kind", "train") == "train"
+        else stage
+        for name, stage in stages.items()
+    }
+    return out
+
+
+def raw_graph_problems(raw: dict[str, Any]) -> list[str]:
+    """Unknown `needs` and cycles, found on the raw mapping so they are reported with
+    field errors of the same recipe rather than after them."""
+    stages = raw.get("stages")
+    if not isinstance(stages, dict):
+        return []
+    graph = {}
+    problems = []
+    for name, stage in stages.items():
+        needs = stage.get("needs", []) if isinstance(stage, dict) else []
+        needs = needs if isinstance(needs, list) else []
+        graph[name] = [n for n in needs if isinstance(n, str)]
+        problems += [f"stages.{name}.needs: unknown stage {n!r}" for n in graph[name]
+                     if n not in stages]
+    cycle = find_cycle(graph)
+    if cycle:
+        problems.append(f"stages: cycle {' -> '.join(cycle)}")
+    return problems
+
+
+def format_validation_errors(err: ValidationError) -> list[str]:
+    """One `key.path: message` line per pydantic error, without the union's `kind` tag."""
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        if len(loc) > 2 and loc[0] == "stages" and loc[2] in STAGE_KINDS:
+            del loc[2]
+        lines.append(f"{'.'.join(loc) or '<recipe>'}: {e['msg']}")
+    return lines
+
+
+def local_paths(recipe: RecipeSpec) -> Iterator[tuple[str, str]]:
+    """Yield (key path, filesystem path) for every local path a recipe names."""
+    for name, stage in recipe.stages.items():
+        key = f"stages.{name}"
+        if stage.kind == "train":
+            for field in ("llm_path", "vision_path", "diffusion_path"):
+                yield f"{key}.model.{field}", getattr(stage.model, field)
+            for i, src in enumerate(stage.data.sources):
+                yield f"{key}.data.sources.{i}.path", src.path
+            for field in ("llm", "plugins"):
+                value = getattr(stage.init, field)
+                if value != BASE_SOURCE and not is_stage_ref(value):
+                    yield f"{key}.init.{field}", value
+        elif stage.kind == "merge":
+            for field, value in stage.merge.model_dump().items():
+                if not is_stage_ref(value):
+                    yield f"{key}.merge.{field}", value
+        elif not is_stage_ref(stage.eval.model):
+            yield f"{key}.eval.model", stage.eval.model
+
+
+def resolve_paths(recipe: RecipeSpec) -> RecipeSpec:
+    """Make every relative local path absolute against the recipe's `root`."""
+    root = Path(recipe.root).expanduser().resolve()
+    data = recipe.model_dump()
+    data["root"] = str(root)
+    for key, value in local_paths(recipe):
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        resolved = Path(value).expanduser()
+        node[leaf] = str(resolved if resolved.is_absolute() else root / resolved)
+    return RecipeSpec.model_validate(data)

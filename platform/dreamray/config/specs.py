@@ -1,0 +1,320 @@
+"""Pydantic v2 specs of a recipe: a named DAG of train, merge and eval stages.
+
+Every default lives here and nowhere else. All models are frozen and reject unknown keys, so
+a typo'd key is an error rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dreamray.model.groups import GROUP_NAMES
+
+STAGE_REF_PREFIX = "stage:"
+BASE_SOURCE = "base"
+
+
+class Spec(BaseModel):
+    """Base of every spec: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectorSpec(Spec):
+    """A projector between two widths: a linear layer, or an MLP of `depth` linear layers."""
+
+    kind: Literal["linear", "mlp"] = "linear"
+    depth: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _linear_has_depth_one(self) -> ProjectorSpec:
+        if self.kind == "linear" and self.depth != 1:
+            raise ValueError("a linear projector has depth 1; use kind: mlp for deeper ones")
+        return self
+
+
+class ModelSpec(Spec):
+    """Where the base towers live and how the DreamLLM around them is shaped."""
+
+    llm_path: str = Field(description="HF causal LM directory (Vicuna-7B v1.1 in the paper)")
+    vision_path: str = Field(description="HF CLIP vision directory with its image processor")
+    diffusion_path: str = Field(description="diffusers SD directory with unet/, vae/, scheduler/")
+    num_dream_queries: int = Field(64, ge=1)
+    vision_select_layer: int = -2
+    vision_projector: ProjectorSpec = ProjectorSpec()
+    condition_projector: ProjectorSpec = ProjectorSpec()
+    max_length: int = Field(2048, ge=16)
+    gradient_checkpointing: bool = True
+    condition_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="CFG condition dropout")
+    snr_gamma: float | None = Field(None, gt=0.0, description="min-SNR weighting; off if null")
+
+
+class InitSpec(Spec):
+    """Where a train stage takes its weights: `base`, `stage:<name>` or a local artifact dir."""
+
+    llm: str = BASE_SOURCE
+    plugins: str = BASE_SOURCE
+
+    def stage_refs(self) -> list[str]:
+        """Names of the stages this init reads from."""
+        return [s[len(STAGE_REF_PREFIX) :] for s in (self.llm, self.plugins) if is_stage_ref(s)]
+
+
+class DataSourceSpec(Spec):
+    """One shard directory in the unified parquet schema, with its mixing weight."""
+
+    name: str
+    path: str
+    weight: float = Field(gt=0.0)
+
+
+class DataSpec(Spec):
+    """The stage's data: weighted sources, the pair/document mode and the epoch size."""
+
+    sources: list[DataSourceSpec] = Field(min_length=1)
+    mode: Literal["comprehension", "creation", "joint"]
+    num_samples: int = Field(ge=1, description="samples in one epoch of this stage")
+    seed: int = 42
+    random_flip: bool = False
+    max_skip_fraction: float = Field(0.05, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> DataSpec:
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate source names: {dupes}")
+        return self
+
+
+class OptimSpec(Spec):
+    """AdamW with a warmup + cosine schedule."""
+
+    lr: float = Field(gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1.0e-8, gt=0.0)
+    warmup_ratio: float = Field(0.003, ge=0.0, lt=1.0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    max_consecutive_nan_steps: int = Field(5, ge=1)
+
+
+class LossSpec(Spec):
+    """Total loss = lm * lm_loss + vm * vm_loss."""
+
+    lm: float = Field(ge=0.0)
+    vm: float = Field(ge=0.0)
+
+    @model_validator(mode="after")
+    def _not_both_zero(self) -> LossSpec:
+        if self.lm == 0.0 and self.vm == 0.0:
+            raise ValueError("at least one of lm and vm must be positive")
+        return self
+
+
+class DeepSpeedSpec(Spec):
+    """The few DeepSpeed choices a recipe makes; `overrides` is deep-merged last."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    global_batch_size: int = Field(ge=1)
+    micro_batch_per_gpu: int = Field(ge=1)
+    grad_clip: float = Field(1.0, ge=0.0)
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScalingSpec(Spec):
+    """Ray Train gang: workers and what each one holds."""
+
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus_per_worker: float = Field(1.0, ge=0.0)
+
+
+class CheckpointSpec(Spec):
+    """How often a stage checkpoints, how many it keeps and how often it may be restarted."""
+
+    every_n_steps: int = Field(1000, ge=1)
+    keep_last: int = Field(2, ge=1)
+    max_failures: int = Field(0, ge=-1)
+
+
+class TrainStageSpec(Spec):
+    """One Ray Train + DeepSpeed stage: everything its workers need, and nothing else."""
+
+    kind: Literal["train"] = "train"
+    needs: list[str] = Field(default_factory=list)
+    model: ModelSpec
+    init: InitSpec = InitSpec()
+    trainable: list[str] = Field(min_length=1)
+    data: DataSpec
+    optim: OptimSpec
+    loss: LossSpec
+    deepspeed: DeepSpeedSpec
+    scaling: ScalingSpec = ScalingSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _check_groups_and_batch(self) -> TrainStageSpec:
+        problems = []
+        unknown = [g for g in self.trainable if g not in GROUP_NAMES]
+        if unknown:
+            problems.append(f"trainable: unknown groups {unknown}; known: {list(GROUP_NAMES)}")
+        per_step = self.deepspeed.micro_batch_per_gpu * self.scaling.num_workers
+        if self.deepspeed.global_batch_size % per_step:
+            problems.append(
+                f"deepspeed.global_batch_size={self.deepspeed.global_batch_size} is not a "
+                f"multiple of micro_batch_per_gpu x num_workers = "
+                f"{self.deepspeed.micro_batch_per_gpu} x {self.scaling.num_workers}"
+            )
+        elif self.data.num_samples < self.deepspeed.global_batch_size:
+            problems.append(
+                f"data.num_samples={self.data.num_samples} is smaller than one global batch "
+                f"({self.deepspeed.global_batch_size})"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def grad_accumulation_steps(self) -> int:
+        """Micro-steps per optimizer step, derived from the declared batch sizes."""
+        per_step = self.deepspeed.micro_batch_per_gpu * self.scaling.num_workers
+        return self.deepspeed.global_batch_size // per_step
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps in the stage: one epoch of `data.num_samples`, whole batches only."""
+        return self.data.num_samples // self.deepspeed.global_batch_size
+
+    def input_stages(self) -> list[str]:
+        """Stages whose artifacts this stage reads."""
+        return self.init.stage_refs()
+
+
+class MergeSpec(Spec):
+    """Which stage each plugin file is taken from (the reference's stage-I file pick)."""
+
+    clip_vision_embedding: str
+    dream_embedding: str
+    stable_diffusion_head: str
+
+    def stage_refs(self) -> list[str]:
+        """Names of the stages the merge reads from, in file order."""
+        refs = (self.clip_vision_embedding, self.dream_embedding, self.stable_diffusion_head)
+        return [s[len(STAGE_REF_PREFIX) :] for s in refs if is_stage_ref(s)]
+
+
+class MergeStageSpec(Spec):
+    """A file-pick stage: no training, no workers."""
+
+    kind: Literal["merge"] = "merge"
+    needs: list[str] = Field(default_factory=list)
+    merge: MergeSpec
+
+    def input_stages(self) -> list[str]:
+        """Stages whose artifacts this stage reads."""
+        return self.merge.stage_refs()
+
+
+class EvalSpec(Spec):
+    """An evaluation of a model artifact; the task-specific fields live in `params`."""
+
+    task: Literal["coco_fid", "vqa"]
+    model: str = Field(description="`stage:<name>` or a local artifact dir")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvalStageSpec(Spec):
+    """An evaluation node of the DAG."""
+
+    kind: Literal["eval"] = "eval"
+    needs: list[str] = Field(default_factory=list)
+    eval: EvalSpec
+    scaling: ScalingSpec = ScalingSpec()
+
+    def input_stages(self) -> list[str]:
+        """Stages whose artifacts this stage reads."""
+        return [self.eval.model[len(STAGE_REF_PREFIX) :]] if is_stage_ref(self.eval.model) else []
+
+
+StageSpec = Annotated[
+    TrainStageSpec | MergeStageSpec | EvalStageSpec, Field(discriminator="kind")
+]
+
+
+class RecipeSpec(Spec):
+    """A named DAG of stages; the YAML file is the graph."""
+
+    name: str
+    root: str = Field(".", description="directory that relative paths are resolved against")
+    stages: dict[str, StageSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_graph(self) -> RecipeSpec:
+        problems = []
+        for name, stage in self.stages.items():
+            for dep in stage.needs:
+                if dep not in self.stages:
+                    problems.append(f"stages.{name}.needs: unknown stage {dep!r}")
+            for ref in stage.input_stages():
+                if ref not in self.stages:
+                    problems.append(f"stages.{name}: reads unknown stage {ref!r}")
+                elif ref not in stage.needs:
+                    problems.append(f"stages.{name}: reads stage:{ref} but does not list it in needs")
+        if not problems:
+            cycle = find_cycle({n: list(s.needs) for n, s in self.stages.items()})
+            if cycle:
+                problems.append(f"stages: cycle {' -> '.join(cycle)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def topological_order(self) -> list[str]:
+        """Stage names so that every stage comes after the stages it needs (stable)."""
+        order: list[str] = []
+        placed: set[str] = set()
+        while len(order) < len(self.stages):
+            for name, stage in self.stages.items():
+                if name not in placed and all(d in placed for d in stage.needs):
+                    order.append(name)
+                    placed.add(name)
+        return order
+
+
+def is_stage_ref(source: str) -> bool:
+    """Whether a source string points at another stage's artifact (`stage:<name>`)."""
+    return source.startswith(STAGE_REF_PREFIX)
+
+
+def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """Return one cycle of a dependency graph as a list of names, or None if it is acyclic."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in graph.get(node, []):
+            if state.get(dep) == 1:
+                return stack[stack.index(dep) :] + [dep]
+            if dep in graph and state.get(dep) is None:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if state.get(node) is None:
+            found = visit(node)
+            if found:
+                return found
+    return None

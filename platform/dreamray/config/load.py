@@ -98,19 +98,32 @@ def load_recipe(
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Return a copy of `raw` with each dotted key set to its value (creating mappings)."""
+    """Return a copy of `raw` with each dotted key set to its value.
+
+    Missing mappings on the way are created; an integer part indexes into a list
+    (`stages.sft.data.sources.0.weight`).
+    """
     out = copy.deepcopy(raw)
     for dotted, value in overrides.items():
-        node = out
+        node: Any = out
         *parents, leaf = dotted.split(".")
         for key in parents:
-            child = node.get(key) if isinstance(node, dict) else None
-            if not isinstance(child, dict):
-                child = {}
-                node[key] = child
-            node = child
-        node[leaf] = value
+            node = _child(node, key)
+        if isinstance(node, list) and leaf.isdigit() and int(leaf) < len(node):
+            node[int(leaf)] = value
+        elif isinstance(node, dict):
+            node[leaf] = value
     return out
+
+
+def _child(node: Any, key: str) -> Any:
+    if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+        return node[int(key)]
+    if not isinstance(node, dict):
+        return {}  # the key path runs through a scalar: validation reports the bad value
+    if not isinstance(node.get(key), (dict, list)):
+        node[key] = {}
+    return node[key]
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +180,8 @@ def format_validation_errors(err: ValidationError) -> list[str]:
         loc = [str(p) for p in e["loc"]]
         if len(loc) > 2 and loc[0] == "stages" and loc[2] in STAGE_KINDS:
             del loc[2]
-        lines.append(f"{'.'.join(loc) or '<recipe>'}: {e['msg']}")
+        message = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{'.'.join(loc) or '<recipe>'}: {message}")
     return lines
 
 

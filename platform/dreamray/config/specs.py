@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from dreamray.model.groups import GROUP_NAMES
 
@@ -244,8 +244,18 @@ class EvalStageSpec(Spec):
         return [self.eval.model[len(STAGE_REF_PREFIX) :]] if is_stage_ref(self.eval.model) else []
 
 
+def _stage_kind(value: Any) -> str | None:
+    # A stage without `kind` is a train stage: most of a recipe's stages are.
+    if isinstance(value, dict):
+        return value.get("kind", "train")
+    return getattr(value, "kind", None)
+
+
 StageSpec = Annotated[
-    TrainStageSpec | MergeStageSpec | EvalStageSpec, Field(discriminator="kind")
+    Annotated[TrainStageSpec, Tag("train")]
+    | Annotated[MergeStageSpec, Tag("merge")]
+    | Annotated[EvalStageSpec, Tag("eval")],
+    Discriminator(_stage_kind),
 ]
 
 

@@ -1,0 +1,53 @@
+# The two commands: `make test` and `make demo`. Both create/refresh .venv by themselves.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.dreamray-installed
+TINY := .cache/tiny
+RUNS := runs
+DASHBOARD := http://127.0.0.1:8265
+export HF_HUB_OFFLINE := 1
+export DS_ACCELERATOR := cpu
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv test test-unit lint tiny demo dry-run clean
+
+# The venv is rebuilt only when pyproject.toml or constraints.txt change. torch/torchvision go
+# first, as the tested pair (see docs/ARCHITECTURE.md, "Install").
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt torch torchvision
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: venv
+	$(PY) -m pytest tests -q
+
+test-unit: venv
+	$(PY) -m pytest tests/unit -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+# Tiny assets under .cache/tiny (idempotent): the zoo and the converted synthetic shards.
+tiny: venv
+	$(PY) -m dreamray.zoo tiny --out $(TINY)/zoo
+	$(PY) -m dreamray.data.tiny --out $(TINY)/data
+
+dry-run: tiny
+	$(PY) pipelines/full_recipe.py --recipe pipelines/recipes/tiny.yaml --run-dir $(RUNS)/tiny --dry-run
+
+demo: dry-run
+	bash cluster/local_head.sh start
+	bash cluster/submit_tiny.sh $(DASHBOARD) $(RUNS)
+
+head: venv
+	bash cluster/local_head.sh start
+
+stop-head:
+	bash cluster/local_head.sh stop
+
+clean:
+	rm -rf $(TINY) $(RUNS)

@@ -1,0 +1,37 @@
+"""The dry-run plan of a recipe: levels of parallel stages and what each stage asks for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dreamray.config import load_recipe
+from dreamray.orchestration.cli import main
+from dreamray.orchestration.plan import describe_recipe, parallel_levels
+
+REPO = Path(__file__).resolve().parents[2]
+REF = REPO / "pipelines" / "recipes" / "dreamllm_7b.yaml"
+
+
+def test_stage_one_branches_share_a_level():
+    recipe = load_recipe(REF, check_paths=False)
+    assert parallel_levels(recipe) == [
+        ["stage1_comprehension", "stage1_creation"],
+        ["merge"],
+        ["stage2"],
+        ["sft"],
+    ]
+
+
+def test_dry_run_prints_batch_triple_and_resources():
+    text = describe_recipe(load_recipe(REF, check_paths=False))
+    assert "level 0: stage1_comprehension || stage1_creation" in text
+    assert "global 2048 = micro 16 x accum 1 x workers 128; 29,296 steps" in text
+    assert "128 workers x {CPU: 8, GPU: 1}" in text
+
+
+def test_cli_reports_recipe_errors_with_exit_code_2(capsys):
+    code = main(["--recipe", str(REF), "--dry-run", "stages.sft.optim.lr=-1.0"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "stages.sft.optim.lr" in err
+    assert "stages.sft.model.llm_path: path does not exist" not in err  # validation failed first

@@ -277,7 +277,9 @@ class RecipeSpec(Spec):
                 if ref not in self.stages:
                     problems.append(f"stages.{name}: reads unknown stage {ref!r}")
                 elif ref not in stage.needs:
-                    problems.append(f"stages.{name}: reads stage:{ref} but does not list it in needs")
+                    problems.append(
+                        f"stages.{name}: reads stage:{ref} but does not list it in needs"
+                    )
         if not problems:
             cycle = find_cycle({n: list(s.needs) for n, s in self.stages.items()})
             if cycle:

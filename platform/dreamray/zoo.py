@@ -1,0 +1,388 @@
+"""Tiny random base models in the real Hugging Face / diffusers layouts, and real config-only dirs.
+
+`build_tiny_zoo` writes three directories that load exactly like the real towers do:
+
+- ``llm/``: an HF Llama causal LM (safetensors) with a byte-level BPE tokenizer that has bos/eos/unk
+  but no pad and no DreamLLM tokens (like Vicuna: the model adds them);
+- ``clip/``: an HF ``CLIPVisionModel`` plus its ``CLIPImageProcessor`` config;
+- ``sd/``: a diffusers Stable Diffusion dir with ``unet/``, ``vae/``, ``scheduler/`` and
+  ``model_index.json``.
+
+Same seed, same bytes: every file is reproducible (checked by sha256 in the tests), so a tiny
+recipe's stage hashes are stable across machines. `build_real_configs` writes the configs of the
+real 7B recipe's towers (Vicuna-7B v1.1, CLIP ViT-L/14, SD 2.1-base) without weights, for planning
+memory and shapes on the meta device.
+
+CLI: ``python -m dreamray.zoo tiny --out DIR [--seed S]`` and
+``python -m dreamray.zoo real-configs --out DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ZOO_VERSION = 1
+STAMP_FILE = "zoo_stamp.json"
+LLM_DIR, VISION_DIR, DIFFUSION_DIR = "llm", "clip", "sd"
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+TINY_VOCAB_SIZE = 1000
+TINY_CORPUS_SEED = 1234
+
+
+@dataclass(frozen=True)
+class ZooPaths:
+    """The three base-model directories of a zoo."""
+
+    llm: Path
+    vision: Path
+    diffusion: Path
+
+
+def diffusion_resolution(diffusion_dir: str | Path) -> int:
+    """The pixel resolution R of an SD dir: UNet latent size x the VAE's downsampling factor.
+
+    The VAE's own ``sample_size`` is not used: SD 2.1-base ships 768 there although it is a
+    512 px model; the UNet's latent size is the reliable number.
+
+    Args:
+        diffusion_dir: a diffusers SD directory with ``unet/`` and ``vae/`` configs.
+
+    Returns:
+        The image side in pixels (512 for SD 2.1-base).
+    """
+    root = Path(diffusion_dir)
+    unet = json.loads((root / "unet" / "config.json").read_text())
+    vae = json.loads((root / "vae" / "config.json").read_text())
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+
+
+def _paths(out: Path) -> ZooPaths:
+    return ZooPaths(llm=out / LLM_DIR, vision=out / VISION_DIR, diffusion=out / DIFFUSION_DIR)
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> None:
+    """Write JSON with sorted keys and a trailing newline.
+
+    Args:
+        path: file to write.
+        obj: a JSON-serialisable dict.
+    """
+    # sort_keys: byte-identical files regardless of dict construction order
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _tiny_corpus(num_lines: int = 3000) -> list[str]:
+    """Deterministic English-ish text, so the BPE merges look like a real tokenizer's."""
+    rng = random.Random(TINY_CORPUS_SEED)
+    words = (
+        "a an the of to in on with and or is are was were be this that it image picture photo "
+        "dog cat man woman child red blue green yellow black white big small on top left right "
+        "sitting standing running table street tree house car boat sky water beach city field "
+        "what where how many color shows there two three four describe question answer user "
+        "assistant please draw generate create painting style cute happy old new near under "
+        "USER ASSISTANT Image Dream ! ? , . : ; ' \" ( ) 0 1 2 3 4 5 6 7 8 9 10 2024"
+    ).split()
+    # pseudo-words give BPE enough distinct pairs to reach the target vocab size
+    syllables = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"]
+    words += ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(600)]
+    lines = []
+    for _ in range(num_lines):
+        n = rng.randint(4, 16)
+        lines.append(" ".join(rng.choice(words) for _ in range(n)))
+    return lines
+
+
+def _build_tokenizer(out_dir: Path) -> Any:
+    """Train a byte-level BPE on the fixed corpus and save it as an HF fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB_SIZE,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_tiny_corpus(), trainer=trainer)
+    # Llama/Vicuna prepend <s> and add no </s>; the sequence builder appends </s> itself
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=512,
+        padding_side="right",
+    )
+    hf_tok.save_pretrained(out_dir)
+    return hf_tok
+
+
+def _build_llm(out_dir: Path, seed: int) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _build_tokenizer(out_dir)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=None,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+
+
+def _build_vision(out_dir: Path, seed: int) -> None:
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        projection_dim=32,
+    )
+    torch.manual_seed(seed + 1)
+    CLIPVisionModel(config).save_pretrained(out_dir)
+    clip_processor(CLIPImageProcessor, 32).save_pretrained(out_dir)
+
+
+def clip_processor(cls: Any, side: int) -> Any:
+    """An OpenAI-CLIP image processor: shortest side `side` (bicubic), center crop, CLIP mean/std.
+
+    Args:
+        cls: the processor class (``CLIPImageProcessor``), passed in to keep imports lazy.
+        side: the square input size of the vision tower.
+
+    Returns:
+        The processor instance.
+    """
+    return cls(
+        do_resize=True,
+        size={"shortest_edge": side},
+        resample=3,  # bicubic, as OpenAI CLIP
+        do_center_crop=True,
+        crop_size={"height": side, "width": side},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+        do_convert_rgb=True,
+    )
+
+
+def sd_scheduler_kwargs() -> dict[str, Any]:
+    """SD 2.x's training noise schedule, as DDPMScheduler keyword arguments."""
+    return {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "prediction_type": "epsilon",
+        "clip_sample": False,
+        "steps_offset": 1,
+    }
+
+
+def _build_diffusion(out_dir: Path, seed: int) -> None:
+    import diffusers
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(seed + 2)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        attention_head_dim=(2, 4),
+        cross_attention_dim=32,
+        norm_num_groups=32,
+        use_linear_projection=True,
+    )
+    unet.save_pretrained(out_dir / "unet")
+    torch.manual_seed(seed + 3)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=16,  # = unet 8 latents x 2 (one downsampling per extra block)
+    )
+    vae.save_pretrained(out_dir / "vae")
+    DDPMScheduler(**sd_scheduler_kwargs()).save_pretrained(out_dir / "scheduler")
+    write_json(out_dir / "model_index.json", model_index(diffusers.__version__, "DDPMScheduler"))
+
+
+def model_index(version: str, scheduler_class: str) -> dict[str, Any]:
+    """A diffusers ``model_index.json`` naming only what DreamLLM uses (unet, vae, scheduler).
+
+    Args:
+        version: the diffusers version string to record.
+        scheduler_class: the scheduler class name of the ``scheduler/`` folder.
+
+    Returns:
+        The index as a dict.
+    """
+    return {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": version,
+        "scheduler": ["diffusers", scheduler_class],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+
+
+def _read_stamp(out: Path) -> dict[str, Any] | None:
+    path = out / STAMP_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _install(staging: Path, out: Path, names: tuple[str, ...], stamp: dict[str, Any]) -> None:
+    """Move freshly built dirs into place, stamp last: a half-built zoo is never stamped."""
+    for name in names:
+        target = out / name
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging / name, target)
+    write_json(out / STAMP_FILE, stamp)
+
+
+def _check_reusable(out: Path, names: tuple[str, ...], stamp: dict[str, Any]) -> bool:
+    """True if `out` already holds this exact zoo; raise if it holds something we did not make."""
+    existing = _read_stamp(out)
+    if existing == stamp and all((out / n).is_dir() for n in names):
+        return True
+    if existing is None and any((out / n).exists() for n in names):
+        raise FileExistsError(
+            f"{out} already has some of {list(names)} but no {STAMP_FILE}: not a zoo dir, "
+            "refusing to overwrite it"
+        )
+    return False
+
+
+def build_tiny_zoo(out: Path, seed: int = 0) -> ZooPaths:
+    """Build (or reuse) the tiny random zoo under `out`.
+
+    Args:
+        out: directory to write ``llm/``, ``clip/``, ``sd/`` and a stamp file into.
+        seed: weight-init seed; the tokenizer does not depend on it (same vocab for every seed).
+
+    Returns:
+        The paths of the three model dirs.
+
+    Raises:
+        FileExistsError: when `out` holds model dirs that no zoo stamp accounts for.
+    """
+    import torch
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = (LLM_DIR, VISION_DIR, DIFFUSION_DIR)
+    stamp = {"kind": "tiny", "seed": seed, "version": ZOO_VERSION}
+    if _check_reusable(out, names, stamp):
+        return _paths(out)
+    with tempfile.TemporaryDirectory(prefix=".zoo-build-", dir=out) as tmp:
+        staging = Path(tmp)
+        # the RNG state is global: save and restore it so building a zoo has no side effect
+        rng_state = torch.random.get_rng_state()
+        try:
+            _build_llm(staging / LLM_DIR, seed)
+            _build_vision(staging / VISION_DIR, seed)
+            _build_diffusion(staging / DIFFUSION_DIR, seed)
+        finally:
+            torch.random.set_rng_state(rng_state)
+        _install(staging, out, names, stamp)
+    return _paths(out)
+
+
+def build_real_configs(out: Path) -> ZooPaths:
+    """Write config-only dirs (no weights) of the real towers of the 7B recipe.
+
+    Vicuna-7B v1.1 (``llm/config.json``), CLIP ViT-L/14 at 224 px (``clip/config.json`` plus the
+    image processor), SD 2.1-base (``sd/unet``, ``sd/vae``, ``sd/scheduler`` configs and
+    ``model_index.json``), with the released files' values.
+
+    Args:
+        out: directory to write ``llm/``, ``clip/`` and ``sd/`` into.
+
+    Returns:
+        The paths of the three config dirs.
+
+    Raises:
+        FileExistsError: when `out` holds model dirs that no zoo stamp accounts for.
+    """
+    from dreamray import zoo_real
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = (LLM_DIR, VISION_DIR, DIFFUSION_DIR)
+    stamp = {"kind": "real-configs", "version": ZOO_VERSION}
+    if _check_reusable(out, names, stamp):
+        return _paths(out)
+    with tempfile.TemporaryDirectory(prefix=".zoo-build-", dir=out) as tmp:
+        staging = Path(tmp)
+        zoo_real.write_llm(staging / LLM_DIR)
+        zoo_real.write_vision(staging / VISION_DIR)
+        zoo_real.write_diffusion(staging / DIFFUSION_DIR)
+        _install(staging, out, names, stamp)
+    return _paths(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: ``tiny --out DIR [--seed S]`` or ``real-configs --out DIR``."""
+    parser = argparse.ArgumentParser(prog="python -m dreamray.zoo", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    tiny = sub.add_parser("tiny", help="tiny random models with weights")
+    tiny.add_argument("--out", type=Path, required=True)
+    tiny.add_argument("--seed", type=int, default=0)
+    real = sub.add_parser("real-configs", help="config-only dirs of the real 7B towers")
+    real.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.cmd == "tiny":
+        paths = build_tiny_zoo(args.out, seed=args.seed)
+    else:
+        paths = build_real_configs(args.out)
+    print(json.dumps({k: str(v) for k, v in vars(paths).items()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())

@@ -126,6 +126,17 @@ class DeepSpeedSpec(Spec):
     offload_params: bool = False
     overrides: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _offload_needs_zero(self) -> DeepSpeedSpec:
+        problems = []
+        if self.offload_optimizer and self.zero_stage == 0:
+            problems.append("offload_optimizer needs zero_stage >= 1")
+        if self.offload_params and self.zero_stage != 3:
+            problems.append("offload_params needs zero_stage 3")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
 
 class ScalingSpec(Spec):
     """Ray Train gang: workers and what each one holds."""

@@ -1,0 +1,316 @@
+"""A DreamLLM's artifact directory, in the reference's file layout.
+
+Files: ``config.json`` (the LLM's HF config plus a ``dreamllm`` section that rebuilds the
+plugins), ``model.safetensors`` (the LLM only, HF keys), ``clip_vision_embedding.bin``,
+``dream_embedding.bin``, ``stable_diffusion_head.bin`` (each plugin's state dict, the reference's
+keys), the tokenizer files and ``preprocessor_config.json`` (the CLIP image processor).
+Released DreamLLM checkpoints (one ``pytorch_model.bin`` with the plugins under
+``model.clip_vision_embedding.``, ``model.dream_embedding.``, ``stable_diffusion_head.``) load too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dreamray.config.specs import ModelSpec
+from dreamray.model import build
+from dreamray.model.dreamllm import DreamLLM, DreamLLMConfig
+from dreamray.model.groups import (
+    DIFFUSION_PLUGIN,
+    DREAM_PLUGIN,
+    LLM_MODULE,
+    PLUGIN_MODULES,
+    VISION_PLUGIN,
+)
+from dreamray.model.plugins import DreamEmbedding
+
+CONFIG_FILE = "config.json"
+LLM_WEIGHTS = "model.safetensors"
+RELEASED_WEIGHTS = "pytorch_model.bin"
+PROCESSOR_FILE = "preprocessor_config.json"
+DREAMLLM_SECTION = "dreamllm"
+PLUGIN_FILES = {name: f"{name}.bin" for name in PLUGIN_MODULES}
+RELEASED_PREFIXES = {
+    VISION_PLUGIN: "model.clip_vision_embedding.",
+    DREAM_PLUGIN: "model.dream_embedding.",
+    DIFFUSION_PLUGIN: "stable_diffusion_head.",
+}
+_MAX_NAMES = 20  # key lists in errors are cut to this many names
+
+
+class ArtifactError(ValueError):
+    """An artifact dir that is incomplete or does not fit the model."""
+
+
+def split_state_dict(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Split a `DreamLLM` state dict into the LLM's (HF keys) and each plugin's.
+
+    Args:
+        state: ``DreamLLM.state_dict()`` (or a consolidated ZeRO-3 equivalent).
+
+    Returns:
+        ``{"llm": {...}, "clip_vision_embedding": {...}, ...}`` with the top prefix stripped.
+
+    Raises:
+        ArtifactError: naming keys that belong to no part.
+    """
+    parts: dict[str, dict[str, torch.Tensor]] = {p: {} for p in (LLM_MODULE, *PLUGIN_MODULES)}
+    stray = []
+    for key, tensor in state.items():
+        top, _, rest = key.partition(".")
+        if top in parts:
+            parts[top][rest] = tensor.detach().cpu()
+        else:
+            stray.append(key)
+    if stray:
+        raise ArtifactError(f"state dict keys of no part: {_names(stray)}")
+    return parts
+
+
+def save_dreamllm(model: DreamLLM, out_dir: str | Path, state_dict: dict | None = None) -> Path:
+    """Write a model's artifact dir atomically (a temp dir next to it, then a rename).
+
+    Args:
+        model: the model (its configs and tokenizer are saved).
+        out_dir: the artifact dir; replaced if it exists.
+        state_dict: the full state dict to save instead of ``model.state_dict()`` (e.g. one
+            consolidated from ZeRO-3 shards).
+
+    Returns:
+        The artifact dir.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    parts = split_state_dict(state_dict if state_dict is not None else model.state_dict())
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        model.llm.save_pretrained(tmp, state_dict=parts[LLM_MODULE], max_shard_size="1000GB")
+        config = json.loads((tmp / CONFIG_FILE).read_text())
+        config[DREAMLLM_SECTION] = model.dreamllm_config.to_dict()
+        _write_json(tmp / CONFIG_FILE, config)
+        for name in PLUGIN_MODULES:
+            torch.save(parts[name], tmp / PLUGIN_FILES[name])
+        model.tokenizer.save_pretrained(tmp)
+        _write_json(tmp / PROCESSOR_FILE, model.dreamllm_config.image_processor)
+        _replace_dir(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out_dir
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(new, target)
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _names(keys: list[str]) -> str:
+    shown = ", ".join(sorted(keys)[:_MAX_NAMES])
+    more = f" (+{len(keys) - _MAX_NAMES} more)" if len(keys) > _MAX_NAMES else ""
+    return f"[{shown}]{more}"
+
+
+def load_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a state dict strictly, naming every missing, unexpected and mis-shaped key.
+
+    Args:
+        module: the module to fill.
+        state: its state dict as read from `source`.
+        source: the file it came from, for messages.
+
+    Raises:
+        ArtifactError: on any missing or unexpected key or shape mismatch.
+    """
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_names(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches {_names(mismatched)}")
+    if problems:
+        raise ArtifactError(f"{source}: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
+
+
+def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_plugin_states(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Read the three plugin state dicts from a dir: our ``.bin`` files or a released full file.
+
+    Args:
+        path: an artifact dir.
+
+    Returns:
+        ``{plugin name: state dict}``.
+
+    Raises:
+        ArtifactError: naming the plugin files that are missing.
+    """
+    path = Path(path)
+    missing = [f for f in PLUGIN_FILES.values() if not (path / f).is_file()]
+    if not missing:
+        return {name: _torch_load(path / f) for name, f in PLUGIN_FILES.items()}
+    if (path / RELEASED_WEIGHTS).is_file():
+        full = _torch_load(path / RELEASED_WEIGHTS)
+        return {
+            name: {k[len(p) :]: v for k, v in full.items() if k.startswith(p)}
+            for name, p in RELEASED_PREFIXES.items()
+        }
+    raise ArtifactError(f"{path}: plugin files {missing} are missing (and no {RELEASED_WEIGHTS})")
+
+
+def load_plugins_into(model: DreamLLM, path: str | Path) -> None:
+    """Replace the model's plugin weights with those of an artifact dir (e.g. stage II's start:
+    the base LLM with the merged stage-I plugins).
+
+    Args:
+        model: a model whose plugin shapes match the files.
+        path: a dir with the three plugin ``.bin`` files (or a released ``pytorch_model.bin``).
+
+    Raises:
+        ArtifactError: on missing files, or on missing/unexpected/mis-shaped keys.
+    """
+    path = Path(path)
+    for name, state in read_plugin_states(path).items():
+        source = path / (
+            PLUGIN_FILES[name] if (path / PLUGIN_FILES[name]).is_file() else RELEASED_WEIGHTS
+        )
+        load_checked(getattr(model, name), state, str(source))
+
+
+def load_dreamllm(
+    path: str | Path, spec: ModelSpec | None = None, dtype: torch.dtype | None = None
+) -> DreamLLM:
+    """Load a DreamLLM from an artifact dir (ours, or a released checkpoint).
+
+    Args:
+        path: the artifact dir.
+        spec: optional; its training options (condition dropout, min-SNR, gradient checkpointing)
+            replace the saved ones, and its shapes must match the artifact. Required for a
+            released checkpoint, whose dir has no tower configs (read from ``spec``'s paths).
+        dtype: parameter dtype (None: as stored).
+
+    Returns:
+        The model, towers frozen.
+
+    Raises:
+        ArtifactError: on a missing file or config, or weights that do not fit.
+    """
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        raise ArtifactError(f"{path}: no {CONFIG_FILE}")
+    config = json.loads((path / CONFIG_FILE).read_text())
+    if DREAMLLM_SECTION in config:
+        cfg = DreamLLMConfig.from_dict(config[DREAMLLM_SECTION])
+        llm, tokenizer = _load_llm(path)
+    elif (path / RELEASED_WEIGHTS).is_file():
+        if spec is None:
+            raise ArtifactError(f"{path} is a released checkpoint without tower configs: pass spec")
+        cfg = build.plugin_config(spec)
+        llm, tokenizer = _load_released_llm(path, config)
+    else:
+        raise ArtifactError(
+            f"{path}: neither a `{DREAMLLM_SECTION}` config section nor {RELEASED_WEIGHTS}"
+        )
+    cfg = _apply_spec(cfg, spec)
+    model = _assemble(llm, tokenizer, cfg)
+    load_plugins_into(model, path)
+    build.freeze_towers(model)
+    if dtype is not None:
+        model.to(dtype)
+    if spec is not None and spec.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model
+
+
+def _apply_spec(cfg: DreamLLMConfig, spec: ModelSpec | None) -> DreamLLMConfig:
+    if spec is None:
+        return cfg
+    saved = (cfg.num_dream_queries, cfg.vision_projector, cfg.condition_projector)
+    wanted = (spec.num_dream_queries, spec.vision_projector, spec.condition_projector)
+    if saved != wanted:
+        raise ArtifactError(
+            f"spec wants (queries, vision proj, cond proj) {wanted}, artifact has {saved}"
+        )
+    return dataclasses.replace(
+        cfg,
+        condition_dropout=spec.condition_dropout,
+        snr_gamma=spec.snr_gamma,
+        vision_select_layer=spec.vision_select_layer,
+    )
+
+
+def _assemble(llm: nn.Module, tokenizer: Any, cfg: DreamLLMConfig) -> DreamLLM:
+    dim = llm.get_input_embeddings().embedding_dim
+    return DreamLLM(
+        llm,
+        tokenizer,
+        build.vision_from_config(cfg, dim),
+        DreamEmbedding(cfg.num_dream_queries, dim),
+        build.diffusion_from_config(cfg, dim),
+        cfg,
+    )
+
+
+def _load_llm(path: Path) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    llm, info = AutoModelForCausalLM.from_pretrained(
+        path, local_files_only=True, output_loading_info=True
+    )
+    bad = {
+        k: v
+        for k, v in info.items()
+        if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")
+    }
+    if bad:
+        raise ArtifactError(f"{path / LLM_WEIGHTS}: {bad}")
+    del llm.config.dreamllm  # the plugin section belongs to the artifact, not the HF config
+    return llm, tokenizer
+
+
+def _load_released_llm(path: Path, config: dict[str, Any]) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    # the released config is a LLaMA config under model_type "dreamllm" plus plugin fields
+    fields = {
+        k: v for k, v in config.items() if k not in ("model_type", "architectures", "auto_map")
+    }
+    with build.skip_init():
+        llm = AutoModelForCausalLM.from_config(LlamaConfig(**fields))
+    full = _torch_load(path / RELEASED_WEIGHTS)
+    plugin_prefixes = tuple(RELEASED_PREFIXES.values())
+    state = {k: v for k, v in full.items() if not k.startswith(plugin_prefixes)}
+    load_checked(llm, state, str(path / RELEASED_WEIGHTS))
+    return llm, tokenizer

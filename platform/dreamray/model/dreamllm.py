@@ -1,0 +1,339 @@
+"""DreamLLM: any HF causal LM, composed with a vision plugin, dream queries and a diffusion head.
+
+The pieces a generation loop reuses are public methods: `embed` (token ids + images ->
+``inputs_embeds``), `run_llm`, `dream_hidden` / `condition` (hidden states -> UNet condition),
+`dream_block_embeds` (what to feed after a sampled ``<dream_start>``), `unconditional_hidden` (the
+CFG branch) and ``stable_diffusion_head.denoise`` / ``.encode`` / ``.scheduler``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dreamray.config.specs import ProjectorSpec
+from dreamray.model import blocks as blk
+from dreamray.model.diffusion import StableDiffusionHead
+from dreamray.model.losses import lm_loss
+from dreamray.model.plugins import CLIPVisionEmbedding, DreamEmbedding
+from dreamray.model.tokens import SpecialTokenIds
+
+
+@dataclass(frozen=True)
+class DreamLLMConfig:
+    """Everything besides the LLM's own config that rebuilds a DreamLLM from an artifact dir."""
+
+    num_dream_queries: int
+    vision_select_layer: int
+    vision_projector: ProjectorSpec
+    condition_projector: ProjectorSpec
+    condition_dropout: float
+    snr_gamma: float | None
+    vision_config: dict[str, Any]
+    image_processor: dict[str, Any]
+    unet_config: dict[str, Any]
+    vae_config: dict[str, Any]
+    scheduler_config: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the ``dreamllm`` section of an artifact's ``config.json``)."""
+        out = asdict(self)
+        out["vision_projector"] = self.vision_projector.model_dump()
+        out["condition_projector"] = self.condition_projector.model_dump()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DreamLLMConfig:
+        """Inverse of `to_dict`.
+
+        Raises:
+            ValueError: naming every missing and unknown key.
+        """
+        names = {f.name for f in fields(cls)}
+        missing, unknown = sorted(names - set(data)), sorted(set(data) - names)
+        if missing or unknown:
+            raise ValueError(f"dreamllm config: missing keys {missing}, unknown keys {unknown}")
+        values = dict(data)
+        for key in ("vision_projector", "condition_projector"):
+            values[key] = ProjectorSpec(**data[key])
+        return cls(**values)
+
+
+@dataclass
+class DreamLLMOutput:
+    """What a training forward returns; `loss` is the one to backpropagate."""
+
+    loss: torch.Tensor
+    lm_loss: torch.Tensor
+    vm_loss: torch.Tensor
+    num_lm_tokens: torch.Tensor
+    num_images: int
+    num_dreams: int
+
+
+class DreamLLM(nn.Module):
+    """A causal LM that reads images (CLIP features in IMG blocks) and dreams them (DRM blocks)."""
+
+    def __init__(
+        self,
+        llm: nn.Module,
+        tokenizer: Any,
+        clip_vision_embedding: CLIPVisionEmbedding,
+        dream_embedding: DreamEmbedding,
+        stable_diffusion_head: StableDiffusionHead,
+        config: DreamLLMConfig,
+    ) -> None:
+        """Compose the parts (see `dreamray.model.build.build_dreamllm` to load them).
+
+        Args:
+            llm: an HF causal LM whose embeddings cover the tokenizer's special tokens.
+            tokenizer: its tokenizer, with DreamLLM's special tokens.
+            clip_vision_embedding: the vision plugin.
+            dream_embedding: the dream queries.
+            stable_diffusion_head: the diffusion head.
+            config: the plugin configuration (saved with the model).
+
+        Raises:
+            ValueError: when the widths of the parts do not fit together.
+        """
+        super().__init__()
+        self.llm = llm
+        self.clip_vision_embedding = clip_vision_embedding
+        self.dream_embedding = dream_embedding
+        self.stable_diffusion_head = stable_diffusion_head
+        self.tokenizer = tokenizer
+        self.dreamllm_config = config
+        self.token_ids = SpecialTokenIds.from_tokenizer(tokenizer)
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        rows = self.llm.get_input_embeddings().num_embeddings
+        problems = []
+        if rows < len(self.tokenizer):
+            problems.append(f"LLM has {rows} embedding rows < tokenizer size {len(self.tokenizer)}")
+        dim = self.hidden_size
+        if self.dream_embedding.dream_queries.shape[-1] != dim:
+            problems.append(f"dream queries width {self.dream_embedding.dream_queries.shape[-1]}")
+        vision = self.clip_vision_embedding
+        if vision.projector.in_dim != vision.clip_vision_model.config.hidden_size:
+            problems.append("vision projector input != CLIP hidden size")
+        if vision.projector.out_dim != dim:
+            problems.append(f"vision projector output width {vision.projector.out_dim}")
+        head = self.stable_diffusion_head
+        cross = head.unet.config.cross_attention_dim
+        if (head.projector.in_dim, head.projector.out_dim) != (dim, cross):
+            problems.append(f"condition projector is not {dim} -> unet cross_attention_dim {cross}")
+        if problems:
+            raise ValueError(f"DreamLLM parts do not fit (llm hidden {dim}): {problems}")
+
+    @property
+    def hidden_size(self) -> int:
+        """The LLM's hidden width."""
+        # embedding_dim, not weight.shape: under ZeRO-3 a partitioned weight is empty
+        return int(self.llm.get_input_embeddings().embedding_dim)
+
+    @property
+    def num_patches(self) -> int:
+        """Slots of an IMG block."""
+        return self.clip_vision_embedding.num_patches
+
+    @property
+    def num_queries(self) -> int:
+        """Slots of a DRM block (Q)."""
+        return self.dream_embedding.num_queries
+
+    def image_blocks(self, input_ids: torch.Tensor, allow_open_tail: bool = False) -> blk.Blocks:
+        """The checked IMG blocks of a batch (see `blocks.find_blocks`)."""
+        t = self.token_ids
+        return blk.find_blocks(
+            input_ids, "IMG", t.im_start, t.im_patch, t.im_end, self.num_patches, allow_open_tail
+        )
+
+    def dream_blocks(self, input_ids: torch.Tensor, allow_open_tail: bool = False) -> blk.Blocks:
+        """The checked DRM blocks of a batch (see `blocks.find_blocks`)."""
+        t = self.token_ids
+        return blk.find_blocks(
+            input_ids,
+            "DRM",
+            t.dream_start,
+            t.im_patch,
+            t.dream_end,
+            self.num_queries,
+            allow_open_tail,
+        )
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        clip_pixel_values: torch.Tensor | None,
+        allow_open_tail: bool = False,
+    ) -> torch.Tensor:
+        """Token embeddings with CLIP features in the IMG slots and the queries in the DRM slots.
+
+        Args:
+            input_ids: ``[B, L]``.
+            clip_pixel_values: ``[N_img, 3, H, W]`` in block order, or None when there are none.
+            allow_open_tail: tolerate a block cut off by the sequence end (generation).
+
+        Returns:
+            ``inputs_embeds [B, L, D]``.
+
+        Raises:
+            BlockError: malformed blocks, or a block count that differs from the images given.
+        """
+        images = self.image_blocks(input_ids, allow_open_tail)
+        dreams = self.dream_blocks(input_ids, allow_open_tail)
+        if not allow_open_tail:
+            blk.check_patch_count(input_ids, self.token_ids.im_patch, [images, dreams])
+        num_images = 0 if clip_pixel_values is None else clip_pixel_values.shape[0]
+        blk.check_image_count(images, num_images, input_ids.shape[0], "clip_pixel_values")
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        if num_images:
+            embeds = blk.splice(embeds, images, self.clip_vision_embedding(clip_pixel_values))
+        return blk.splice(embeds, dreams, self.dream_embedding(len(dreams)))
+
+    def run_llm(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, **llm_kwargs: Any
+    ) -> tuple[Any, torch.Tensor]:
+        """The causal LM on embeddings.
+
+        Args:
+            inputs_embeds: ``[B, L, D]``.
+            attention_mask: ``[B, L]`` or None.
+            **llm_kwargs: passed to the HF model (e.g. ``past_key_values``, ``use_cache``).
+
+        Returns:
+            ``(hf_output, last_hidden)``: last_hidden is the final layer's output after the
+            final norm (HF's ``hidden_states[-1]``), ``[B, L, D]``.
+        """
+        llm_kwargs.setdefault("use_cache", False)
+        out = self.llm(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            output_hidden_states=True,
+            **llm_kwargs,
+        )
+        return out, out.hidden_states[-1]
+
+    def dream_hidden(self, hidden: torch.Tensor, dreams: blk.Blocks) -> torch.Tensor:
+        """Hidden states at the dream slots: ``[N_dm, Q, D]``."""
+        return blk.gather(hidden, dreams)
+
+    def condition(self, dream_hidden: torch.Tensor) -> torch.Tensor:
+        """Dream hidden states -> the UNet's ``encoder_hidden_states`` ``[N, Q, C]``."""
+        return self.stable_diffusion_head.project(dream_hidden)
+
+    def dream_block_embeds(self, batch_size: int) -> torch.Tensor:
+        """``[emb(<dream_start>), Q queries, emb(<dream_end>)]`` per row: ``[B, Q + 2, D]``."""
+        t = self.token_ids
+        device = self.dream_embedding.dream_queries.device
+        ends = self.llm.get_input_embeddings()(
+            torch.tensor([t.dream_start, t.dream_end], device=device)
+        )
+        queries = self.dream_embedding(batch_size).to(ends.dtype)
+        ends = ends[None].expand(batch_size, -1, -1)
+        return torch.cat([ends[:, :1], queries, ends[:, 1:]], dim=1)
+
+    def unconditional_hidden(self) -> torch.Tensor:
+        """Dream hidden states of the empty prompt ``<s> DRM``: the CFG unconditional branch.
+
+        Returns:
+            ``[1, Q, D]``.
+        """
+        device = self.dream_embedding.dream_queries.device
+        ids = [self.token_ids.bos, *self.token_ids.dream_block(self.num_queries)]
+        input_ids = torch.tensor([ids], device=device)
+        _, hidden = self.run_llm(self.embed(input_ids, None), torch.ones_like(input_ids))
+        return self.dream_hidden(hidden, self.dream_blocks(input_ids))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        clip_pixel_values: torch.Tensor | None,
+        sd_pixel_values: torch.Tensor | None,
+        *,
+        lm_weight: float,
+        vm_weight: float,
+    ) -> DreamLLMOutput:
+        """One training forward over the batch contract.
+
+        Every tower runs on every call: without images of a kind, a zero image goes through it and
+        its result enters the loss times 0, so that every trainable parameter gets a gradient (DDP
+        and ZeRO-3 require the same parameters and collectives on every rank).
+
+        Args:
+            input_ids, attention_mask, labels: ``[B, L]``.
+            clip_pixel_values: ``[N_img, 3, H, W]`` for the IMG blocks, or None.
+            sd_pixel_values: ``[N_dm, 3, R, R]`` in [-1, 1], the DRM blocks' targets, or None.
+            lm_weight, vm_weight: loss = lm_weight * lm_loss + vm_weight * vm_loss.
+
+        Returns:
+            The losses and counts.
+
+        Raises:
+            BlockError: when blocks are malformed or their counts differ from the images supplied.
+        """
+        dreams = self.dream_blocks(input_ids)
+        num_dreams = 0 if sd_pixel_values is None else sd_pixel_values.shape[0]
+        blk.check_image_count(dreams, num_dreams, input_ids.shape[0], "sd_pixel_values")
+        out, hidden = self.run_llm(self.embed(input_ids, clip_pixel_values), attention_mask)
+        lm, num_tokens = lm_loss(out.logits, labels)
+        vm = self._vm_loss(hidden, dreams, sd_pixel_values)
+        loss = lm_weight * lm + vm_weight * vm
+        num_images = 0 if clip_pixel_values is None else clip_pixel_values.shape[0]
+        if not num_images:
+            dummy = self.clip_vision_embedding.dummy_input(input_ids.device)
+            loss = loss + 0.0 * self.clip_vision_embedding(dummy).sum()
+        return DreamLLMOutput(loss, lm, vm, num_tokens, num_images, num_dreams)
+
+    def _vm_loss(self, hidden, dreams: blk.Blocks, sd_pixel_values) -> torch.Tensor:
+        head = self.stable_diffusion_head
+        cfg = self.dreamllm_config
+        if not len(dreams):
+            # queries straight into the projector: they and the projector get a zero gradient
+            dummy = head.loss(self.dream_embedding(1), head.dummy_input(hidden.device), None)
+            return 0.0 * dummy
+        cond = self.dream_hidden(hidden, dreams)
+        if self.training and cfg.condition_dropout > 0:
+            drop = torch.rand(len(dreams), device=cond.device) < cfg.condition_dropout
+            uncond = self.unconditional_hidden().to(cond.dtype)
+            cond = torch.where(drop[:, None, None], uncond, cond)
+        return head.loss(cond, sd_pixel_values, cfg.snr_gamma)
+
+    def frozen_towers(self) -> tuple[nn.Module, ...]:
+        """CLIP, VAE and UNet: the towers that never train."""
+        head = self.stable_diffusion_head
+        return (self.clip_vision_embedding.clip_vision_model, head.vae, head.unet)
+
+    def train(self, mode: bool = True) -> DreamLLM:
+        """Set training mode, keeping the frozen towers in eval mode (no dropout there)."""
+        super().train(mode)
+        for tower in self.frozen_towers():
+            tower.eval()
+        return self
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the LLM's decoder layers in backward (non-reentrant)."""
+        self.llm.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+        self.llm.config.use_cache = False
+
+    def save_pretrained(self, out_dir: str | Path, state_dict: dict | None = None) -> Path:
+        """Write the artifact dir; see `dreamray.model.artifact.save_dreamllm`."""
+        from dreamray.model.artifact import save_dreamllm
+
+        return save_dreamllm(self, out_dir, state_dict=state_dict)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> DreamLLM:
+        """Load an artifact dir; see `dreamray.model.artifact.load_dreamllm`."""
+        from dreamray.model.artifact import load_dreamllm
+
+        return load_dreamllm(path, **kwargs)

@@ -154,8 +154,17 @@ def _run_ray(units: list[WorkUnit], req: ConvertRequest, out_dir: Path, bar) -> 
         rows_in, rows_out = ray.get(counter.get.remote())
         bar.update(rows_in - bar.n)
         bar.set_postfix(written=rows_out, units=f"{len(results)}/{len(units)}")
+        if _must_stop(results, req):
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            break
     ray.kill(counter)
     return results
+
+
+def _must_stop(results: list[UnitResult], req: ConvertRequest) -> bool:
+    """Fail fast: without skip_bad_files, the first unreadable file ends the run."""
+    return not req.skip_bad_files and any(r.error is not None for r in results)
 
 
 def _run_local(units: list[WorkUnit], req: ConvertRequest, out_dir: Path, bar) -> list[UnitResult]:
@@ -163,10 +172,13 @@ def _run_local(units: list[WorkUnit], req: ConvertRequest, out_dir: Path, bar) -
         bar.update(rows_in)
         record_rows(req.ctx.source, rows_in, rows_out, rejected)
 
-    return [
-        convert_unit(u, req.converter, req.ctx, str(out_dir), req.shard_options, report)
-        for u in units
-    ]
+    results = []
+    for unit in units:
+        results.append(
+            convert_unit(unit, req.converter, req.ctx, str(out_dir), req.shard_options, report))
+        if _must_stop(results, req):
+            break
+    return results
 
 
 def _drop_failed_files(results: list[UnitResult], out_dir: Path, req: ConvertRequest) -> None:
@@ -218,9 +230,11 @@ def run_conversion(req: ConvertRequest) -> dict:
     tmp.mkdir()
     try:
         units, results = plan_units(files, req)
-        with tqdm(desc=f"convert {req.ctx.source}", unit="row", disable=not req.progress) as bar:
+        if not _must_stop(results, req):
             run = _run_ray if req.use_ray else _run_local
-            results += run(units, req, tmp, bar)
+            desc = f"convert {req.ctx.source}"
+            with tqdm(desc=desc, unit="row", disable=not req.progress) as bar:
+                results += run(units, req, tmp, bar)
         _drop_failed_files(results, tmp, req)
         manifest = build_manifest(
             source=req.ctx.source, converter=req.converter, args=_args_record(req),

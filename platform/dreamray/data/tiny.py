@@ -1,0 +1,92 @@
+"""The tiny recipe's data: synthetic sources converted into unified shard directories.
+
+`python -m dreamray.data.tiny --out .cache/tiny/data` writes
+    <out>/sources/...                    synthetic sources in their original formats
+    <out>/shards/<source>/manifest.json  one converted directory per source (see manifest.py)
+and is idempotent: a source whose manifest exists is skipped, existing sources are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dreamray.data.convert import ConvertRequest, ReadContext, ensure_ray, run_conversion
+from dreamray.data.manifest import MANIFEST_NAME
+from dreamray.data.schema import SOURCES
+from dreamray.data.synthetic import LAYOUT_FILE, read_layouts, write_synthetic
+
+SOURCES_DIR = "sources"
+SHARDS_DIR = "shards"
+
+
+def _layouts(sources_dir: Path, seed: int) -> dict:
+    marker = sources_dir / LAYOUT_FILE
+    if marker.is_file():
+        written = json.loads(marker.read_text())
+        if written["seed"] != seed or written["faults"]:
+            raise ValueError(f"{sources_dir} holds sources of another seed / with faults: "
+                             "remove it or pick another --out")
+        return read_layouts(sources_dir)
+    return write_synthetic(sources_dir, seed=seed, faults=False)
+
+
+def build_tiny_data(out: str | Path, seed: int = 0, use_ray: bool = True,
+                    progress: bool = False) -> dict[str, Path]:
+    """Write the synthetic sources (once) and convert each into `<out>/shards/<source>/`.
+
+    Args:
+        out: the data root (e.g. `.cache/tiny/data`).
+        seed: seed of the synthetic sources.
+        use_ray: convert with Ray tasks (connects to / starts a local cluster first).
+        progress: show progress bars.
+
+    Returns:
+        source -> its shard directory, for every name in `dreamray.data.schema.SOURCES`.
+
+    Raises:
+        ValueError: when `<out>/sources` was written with another seed.
+    """
+    out = Path(out)
+    layouts = _layouts(out / SOURCES_DIR, seed)
+    dirs = {}
+    for source in SOURCES:
+        layout, dirs[source] = layouts[source], out / SHARDS_DIR / source
+        if (dirs[source] / MANIFEST_NAME).is_file():
+            continue
+        if use_ray:
+            ensure_ray()
+        ctx = ReadContext(source=source, images=layout.images)
+        run_conversion(ConvertRequest(layout.converter, layout.inputs, dirs[source], ctx,
+                                      use_ray=use_ray, progress=progress))
+    return dirs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: build the tiny data and print one line per source.
+
+    Args:
+        argv: arguments (None: sys.argv).
+
+    Returns:
+        Exit code 0.
+    """
+    parser = argparse.ArgumentParser(prog="python -m dreamray.data.tiny")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-cpus", type=int, default=None)
+    parser.add_argument("--no-ray", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.no_ray:
+        ensure_ray(args.num_cpus)
+    for source, path in build_tiny_data(args.out, args.seed, not args.no_ray, True).items():
+        manifest = json.loads((path / MANIFEST_NAME).read_text())
+        print(f"{source:<16} rows {manifest['rows_out']:>4}  rejected "
+              f"{manifest['rows_rejected_total']:>3}  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

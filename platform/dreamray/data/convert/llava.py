@@ -2,7 +2,8 @@
 
 A record: `{"id": ..., "image": "rel/path.jpg" (optional; text-only samples have none),
 "conversations": [{"from": "human" | "gpt", "value": "<image>\\n..."}, ...]}`. Turn texts are
-kept verbatim, placeholders included; roles become `user` / `assistant`. The i-th `<image>` or
+kept verbatim, placeholders included; roles become `user` / `assistant` and must alternate,
+starting with the user, with at least one assistant turn. The i-th `<image>` or
 `<dream>` placeholder (in reading order) takes the i-th image, so their counts must match.
 """
 
@@ -48,7 +49,14 @@ def _turns(rid: str, record: dict) -> tuple[list[str], list[str]] | Reject:
     unknown = [s for s in speakers if s not in ROLE_MAP]
     if unknown:
         return Reject(rid, REASON_BAD_ROLE, f"unknown role {unknown[0]!r}")
-    return texts, [ROLE_MAP[s] for s in speakers]
+    roles = [ROLE_MAP[s] for s in speakers]
+    # The builder supervises assistant turns of a user/assistant alternation: anything else
+    # would be skipped at training time, so it is rejected (and counted) here instead.
+    if roles != [ROLE_USER, ROLE_ASSISTANT] * (len(roles) // 2) + [ROLE_USER] * (len(roles) % 2):
+        return Reject(rid, REASON_BAD_ROLE, f"roles do not alternate from user: {speakers}")
+    if ROLE_ASSISTANT not in roles:
+        return Reject(rid, REASON_BAD_ROLE, "no assistant turn")
+    return texts, roles
 
 
 def _image_paths(rid: str, record: dict) -> list[str] | Reject:

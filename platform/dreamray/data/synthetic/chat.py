@@ -63,9 +63,12 @@ def _fault_records(rng: Rng, root: Path, pattern: str) -> list[tuple[str, object
     extra_tag = {"id": "extra_tag", "conversations": _turns(rng, 1, True)}  # no image key
     bad_role = with_image("bad_role", rng.image(1))
     bad_role["conversations"][1]["from"] = "system"
+    gpt_first = with_image("gpt_first", rng.image(2))
+    gpt_first["conversations"].reverse()
     return planted + [
         (REASON_PLACEHOLDER, no_tag), (REASON_PLACEHOLDER, extra_tag),
-        (REASON_BAD_ROLE, bad_role), (REASON_NO_TEXT, {"id": "empty", "conversations": []}),
+        (REASON_BAD_ROLE, bad_role), (REASON_BAD_ROLE, gpt_first),
+        (REASON_NO_TEXT, {"id": "empty", "conversations": []}),
         (REASON_MALFORMED, {"id": "no_conversations", "image": "x.jpg"}),
         (REASON_MALFORMED, ["not", "an", "object"]),
     ]

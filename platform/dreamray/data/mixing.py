@@ -212,3 +212,33 @@ def locate_draws(index: SourceIndex, draws: np.ndarray, seed: int) -> tuple:
         key = stable_key(seed, index.name, epoch, "group", group)
         rows[sel] = stable_permutation(int(index.group_rows[group]), key)[rows[sel]]
     return groups, rows
+
+
+class DrawCounter:
+    """`MixSchedule.draw_counts` at any position, from counts stored every `step` positions."""
+
+    def __init__(self, schedule: MixSchedule, stop: int, step: int = 1 << 16) -> None:
+        """Args:
+        schedule: the mix.
+        stop: the largest position that will be asked about.
+        step: spacing of the stored counts (memory: stop / step x num_sources ints).
+        """
+        self.schedule = schedule
+        self.step = step
+        rows = [np.zeros(schedule.num_sources, dtype=np.int64)]
+        for lo in range(0, stop, step):
+            src = schedule.sources(lo, lo + step)
+            rows.append(rows[-1] + np.bincount(src, minlength=schedule.num_sources))
+        self._table = np.stack(rows)
+
+    def at(self, position: int) -> np.ndarray:
+        """Draws per source before `position`.
+
+        Returns:
+            int64 array [num_sources].
+        """
+        base = position // self.step
+        if base >= len(self._table):
+            raise ValueError(f"position {position} is past the counter's range")
+        src = self.schedule.sources(base * self.step, position)
+        return self._table[base] + np.bincount(src, minlength=self.schedule.num_sources)

@@ -1,0 +1,173 @@
+"""Collate-ready records and the collator that turns them into the batch contract (pure).
+
+A *record* is one built sample as it travels through Ray Data: flat columns of scalars, strings
+and bytes only (ragged tensors as raw bytes: no Arrow tensor-extension corner cases, and numpy
+views on the receiving side). Fields:
+
+    position        int   the sample's position in the stage's stream (resume bookkeeping)
+    id, source      str   row id and the data spec's source name
+    skip_reason     str   "" for a trainable sample, else a `dreamray.data.sequence` SKIP_* reason
+    input_ids       bytes int32 [T]
+    labels          bytes int32 [T]
+    clip_pixels     bytes float32 [n_clip, 3, H, W] (CLIP processor output)
+    sd_pixels       bytes uint8 [n_sd, 3, R, R] (mapped to [-1, 1] here: 4x fewer bytes to move)
+    n_clip, n_sd    int   image counts
+    images_dropped  int   images that did not fit the length limit
+    num_tokens      int   T
+
+The collator pads on the right to the longest sample: `input_ids` with the pad id,
+`attention_mask` 0, `labels` -100, and concatenates images in sample order, so the i-th IMG
+(DRM) block of the flattened batch owns the i-th CLIP (SD) image. No image: shape [0, 3, H, W].
+This module imports neither Ray nor DeepSpeed (checked by tests/unit/test_boundaries.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from dreamray.model.tokens import IGNORE_INDEX
+
+RECORD_FIELDS = (
+    "position",
+    "id",
+    "source",
+    "skip_reason",
+    "input_ids",
+    "labels",
+    "clip_pixels",
+    "n_clip",
+    "sd_pixels",
+    "n_sd",
+    "images_dropped",
+    "num_tokens",
+)
+BATCH_KEYS = ("input_ids", "attention_mask", "labels", "clip_pixel_values", "sd_pixel_values")
+
+
+@dataclass(frozen=True)
+class CollateSpec:
+    """What the collator needs to know besides the records."""
+
+    pad_id: int
+    clip_shape: tuple[int, int, int]  # (3, H, W) of one CLIP input
+    sd_size: int  # R
+
+
+def make_record(
+    position: int,
+    sample_id: str,
+    source: str,
+    input_ids: Sequence[int],
+    labels: Sequence[int],
+    clip: np.ndarray,
+    sd: np.ndarray,
+    images_dropped: int,
+) -> dict[str, Any]:
+    """Pack a trainable sample into a record.
+
+    Args:
+        position: stream position.
+        sample_id: row id.
+        source: source name.
+        input_ids, labels: the built sequence.
+        clip: float32 [n_clip, 3, H, W].
+        sd: uint8 [n_sd, 3, R, R].
+        images_dropped: images cut by the length limit.
+
+    Returns:
+        The record dict (keys RECORD_FIELDS).
+    """
+    return {
+        "position": int(position),
+        "id": sample_id,
+        "source": source,
+        "skip_reason": "",
+        "input_ids": np.asarray(input_ids, dtype=np.int32).tobytes(),
+        "labels": np.asarray(labels, dtype=np.int32).tobytes(),
+        "clip_pixels": np.ascontiguousarray(clip, dtype=np.float32).tobytes(),
+        "n_clip": int(clip.shape[0]),
+        "sd_pixels": np.ascontiguousarray(sd, dtype=np.uint8).tobytes(),
+        "n_sd": int(sd.shape[0]),
+        "images_dropped": int(images_dropped),
+        "num_tokens": len(input_ids),
+    }
+
+
+def skipped_record(position: int, sample_id: str, source: str, reason: str) -> dict[str, Any]:
+    """A record that only carries a skip (kept in the stream so it is counted and resumed).
+
+    Returns:
+        The record dict with empty payload.
+    """
+    record = make_record(
+        position,
+        sample_id,
+        source,
+        [],
+        [],
+        np.zeros((0, 3, 1, 1), np.float32),
+        np.zeros((0, 3, 1, 1), np.uint8),
+        0,
+    )
+    record["skip_reason"] = reason
+    return record
+
+
+def _images(records: Sequence[Mapping[str, Any]], key: str, count: str, shape, dtype):
+    arrays = []
+    for r in records:
+        arr = np.frombuffer(r[key], dtype=dtype)
+        if arr.size != int(r[count]) * int(np.prod(shape)):
+            raise ValueError(
+                f"record {r['id']}: {key} holds {arr.size} values, expected "
+                f"{int(r[count])} x {tuple(shape)}"
+            )
+        arrays.append(arr.reshape(int(r[count]), *shape))
+    return torch.from_numpy(np.concatenate(arrays) if arrays else np.zeros((0, *shape), dtype))
+
+
+def collate(records: Sequence[Mapping[str, Any]], spec: CollateSpec) -> dict[str, torch.Tensor]:
+    """Build the batch contract from trainable records.
+
+    Args:
+        records: one or more records with an empty `skip_reason`.
+        spec: pad id and image shapes.
+
+    Returns:
+        ``input_ids`` long [B, L], ``attention_mask`` long [B, L], ``labels`` long [B, L],
+        ``clip_pixel_values`` float32 [N_img, 3, H, W], ``sd_pixel_values`` float32
+        [N_dm, 3, R, R] in [-1, 1].
+
+    Raises:
+        ValueError: no records, a skipped record, or a payload of the wrong size.
+    """
+    if not records:
+        raise ValueError("cannot collate an empty batch")
+    skipped = [r["id"] for r in records if r["skip_reason"]]
+    if skipped:
+        raise ValueError(f"skipped records cannot be collated: {skipped}")
+    ids = [np.frombuffer(r["input_ids"], dtype=np.int32) for r in records]
+    labels = [np.frombuffer(r["labels"], dtype=np.int32) for r in records]
+    length = max(len(x) for x in ids)
+    batch_ids = np.full((len(ids), length), spec.pad_id, dtype=np.int64)
+    batch_labels = np.full((len(ids), length), IGNORE_INDEX, dtype=np.int64)
+    mask = np.zeros((len(ids), length), dtype=np.int64)
+    for i, (x, y) in enumerate(zip(ids, labels, strict=True)):
+        batch_ids[i, : len(x)] = x
+        batch_labels[i, : len(y)] = y
+        mask[i, : len(x)] = 1
+    sd_shape = (3, spec.sd_size, spec.sd_size)
+    sd = _images(records, "sd_pixels", "n_sd", sd_shape, np.uint8)
+    return {
+        "input_ids": torch.from_numpy(batch_ids),
+        "attention_mask": torch.from_numpy(mask),
+        "labels": torch.from_numpy(batch_labels),
+        "clip_pixel_values": _images(records, "clip_pixels", "n_clip", spec.clip_shape, np.float32),
+        # uint8 -> [-1, 1]: the last step of the SD transform (ToTensor + Normalize(0.5, 0.5))
+        "sd_pixel_values": sd.to(torch.float32).div_(127.5).sub_(1.0),
+    }

@@ -1,0 +1,154 @@
+"""Stage executors and the wrapper every stage runs in (inside a Ray task, or a thread).
+
+`execute_stage` turns the runner's run-relative `StageTask` into a `StageContext` of local
+paths: on a local run directory the artifact is written in place; on remote storage (any other
+pyarrow.fs URI) the inputs are copied to a local scratch directory first and the artifact is
+uploaded after, so executors only ever see local directories.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from dreamray.orchestration.context import Executor, StageContext, StageOutcome
+from dreamray.orchestration.merge import run_merge_stage
+from dreamray.orchestration.storage import RunStorage
+
+
+@dataclass(frozen=True)
+class StageTask:
+    """One stage identity to execute, addressed relative to the run directory.
+
+    Attributes:
+        storage_uri: the run directory (local path or URI).
+        artifact_rel: run-relative artifact directory.
+        input_rels: stage name -> run-relative artifact directory of each input.
+        context: the stage context, with `artifact_dir`/`inputs` still run-relative.
+    """
+
+    storage_uri: str
+    artifact_rel: str
+    input_rels: dict[str, str] = field(default_factory=dict)
+    context: StageContext | None = None
+
+
+def _localize(task: StageTask, storage: RunStorage, scratch: Path | None) -> StageContext:
+    assert task.context is not None
+    if scratch is None:
+        inputs = {n: str(storage.local_path(r)) for n, r in task.input_rels.items()}
+        artifact = str(storage.local_path(task.artifact_rel))
+    else:
+        inputs = {n: str(storage.download_dir(r, scratch / "inputs" / n))
+                  for n, r in task.input_rels.items()}
+        artifact = str(scratch / "artifact" / Path(task.artifact_rel).name)
+    return replace(task.context, inputs=inputs, artifact_dir=artifact)
+
+
+def execute_stage(executor: Executor, stage: Any, task: StageTask) -> StageOutcome:
+    """Run one stage executor with local paths and time it.
+
+    Args:
+        executor: the stage kind's executor.
+        stage: the stage spec.
+        task: what to run and where its files live.
+
+    Returns:
+        The executor's outcome, with `started_at`/`ended_at`/`node_id` filled in when the
+        executor left them empty, and `artifact_dir` pointing at the run storage.
+    """
+    # The dashboard lists Train V2 runs only when state tracking is on in the process that
+    # calls fit(): this one.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
+    storage = RunStorage(task.storage_uri)
+    scratch = None if storage.is_local else Path(tempfile.mkdtemp(prefix="dreamray-stage-"))
+    started = time.time()
+    try:
+        ctx = _localize(task, storage, scratch)
+        outcome = executor(stage, ctx)
+        if scratch is not None:
+            storage.delete_dir(task.artifact_rel)
+            storage.upload_dir(outcome.artifact_dir, task.artifact_rel)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    outcome.artifact_dir = storage.uri_of(task.artifact_rel)
+    outcome.started_at = outcome.started_at or started
+    outcome.ended_at = outcome.ended_at or time.time()
+    outcome.node_id = outcome.node_id or _node_id()
+    return outcome
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - the node id is informational only
+        return None
+
+
+def run_train(stage: Any, ctx: StageContext) -> StageOutcome:
+    """The train executor: one Ray Train run of the stage, via the stage launcher.
+
+    Args:
+        stage: a TrainStageSpec.
+        ctx: local paths; `train_storage` + `train_run_name` make a re-run resume.
+
+    Returns:
+        The launcher's TrainOutcome as a StageOutcome.
+    """
+    from dreamray.orchestration.launcher import run_train_stage
+
+    out = run_train_stage(stage, name=ctx.name, storage_path=ctx.train_storage,
+                          run_name=ctx.train_run_name, artifact_dir=ctx.artifact_dir,
+                          inputs=dict(ctx.inputs))
+    return outcome_from_train(out)
+
+
+def outcome_from_train(out: Any) -> StageOutcome:
+    """Convert the launcher's TrainOutcome (attribute access) into a StageOutcome."""
+    def attr(*names: str) -> Any:
+        for name in names:
+            if hasattr(out, name):
+                return getattr(out, name)
+        return None
+
+    return StageOutcome(
+        artifact_dir=str(attr("artifact_dir")),
+        steps=int(attr("steps") or 0),
+        samples=int(attr("samples") or 0),
+        metrics=dict(attr("metrics", "final_metrics") or {}),
+        checkpoint=_str_or_none(attr("checkpoint", "checkpoint_path")),
+        skipped=dict(attr("skipped", "skipped_counts") or {}),
+        started_at=float(attr("started_at", "start_time") or 0.0),
+        ended_at=float(attr("ended_at", "end_time") or 0.0),
+        history=list(attr("history") or []),
+    )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(getattr(value, "path", value))
+
+
+def run_eval(stage: Any, ctx: StageContext) -> StageOutcome:
+    """The eval executor (not wired yet: evals land in a later issue).
+
+    Raises:
+        NotImplementedError: always, naming the stage.
+    """
+    raise NotImplementedError(
+        f"stage {ctx.name!r}: eval stages ({stage.eval.task}) are not wired into the runner "
+        "yet; run the eval CLI under evals/ on the artifact instead"
+    )
+
+
+def default_executors() -> Mapping[str, Executor]:
+    """Stage kind -> executor, as used by `pipelines/full_recipe.py`."""
+    return {"train": run_train, "merge": run_merge_stage, "eval": run_eval}

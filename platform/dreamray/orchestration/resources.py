@@ -1,0 +1,122 @@
+"""What a stage asks the cluster for, and whether the cluster can give it (pure, no Ray).
+
+A train stage is one gang: `num_workers` bundles of `{CPU, GPU}` that Ray Train places as one
+placement group (the Train V2 controller itself takes 0 CPUs). Merge stages run inside the
+stage task (0 CPUs). The runner starts a stage only when the whole gang fits beside the gangs
+it already started, so two of its own gangs never wait on each other half-granted, and it
+fails a stage at once when no placement of the gang on the cluster's nodes could ever exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from dreamray.config.specs import ScalingSpec
+
+Bundle = dict[str, float]
+_EPS = 1e-9  # resources are floats (fractional GPUs): compare with a tolerance
+
+
+def stage_bundles(stage: object) -> list[Bundle]:
+    """The bundles of one stage's gang.
+
+    Args:
+        stage: a train, merge or eval stage spec.
+
+    Returns:
+        One bundle per worker; empty for a stage that needs no workers.
+    """
+    scaling = getattr(stage, "scaling", None)
+    if not isinstance(scaling, ScalingSpec):
+        return []
+    bundle: Bundle = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu and scaling.gpus_per_worker > 0:
+        bundle["GPU"] = scaling.gpus_per_worker
+    return [dict(bundle) for _ in range(scaling.num_workers)]
+
+
+def total(bundles: Iterable[Mapping[str, float]]) -> Bundle:
+    """Sum of bundles, key by key."""
+    out: Bundle = {}
+    for bundle in bundles:
+        for key, value in bundle.items():
+            out[key] = out.get(key, 0.0) + value
+    return out
+
+
+def subtract(a: Mapping[str, float], b: Mapping[str, float]) -> Bundle:
+    """`a - b` key by key (keys of `a` only)."""
+    return {k: v - b.get(k, 0.0) for k, v in a.items()}
+
+
+def covers(have: Mapping[str, float], need: Mapping[str, float]) -> bool:
+    """Whether `have` holds at least `need` of every resource `need` names."""
+    return all(have.get(k, 0.0) + _EPS >= v for k, v in need.items() if v > 0)
+
+
+def describe(resources: Mapping[str, float]) -> str:
+    """`{CPU: 4, GPU: 1}`-style text, keys sorted, Ray's internal keys left out."""
+    shown = {k: v for k, v in sorted(resources.items())
+             if not k.startswith(("node:", "memory", "object_store_memory", "accelerator_type"))}
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in shown.items()) + "}"
+
+
+def pack(bundles: Sequence[Mapping[str, float]], nodes: Sequence[Mapping[str, float]]) -> bool:
+    """Whether the bundles can be placed on the nodes (first-fit decreasing).
+
+    First-fit decreasing is a heuristic, so a True is exact and a False may in rare cases be
+    pessimistic; for the uniform bundles of a Ray Train gang it is exact.
+
+    Args:
+        bundles: the gang.
+        nodes: free (or total) resources of each node.
+
+    Returns:
+        True if every bundle found a node.
+    """
+    free = [dict(n) for n in nodes]
+    keys = sorted({k for b in bundles for k in b})
+    order = sorted(bundles, key=lambda b: tuple(-b.get(k, 0.0) for k in keys))
+    for bundle in order:
+        node = next((n for n in free if covers(n, bundle)), None)
+        if node is None:
+            return False
+        for key, value in bundle.items():
+            node[key] = node.get(key, 0.0) - value
+    return True
+
+
+def never_fits(bundles: Sequence[Mapping[str, float]],
+               node_totals: Sequence[Mapping[str, float]]) -> str | None:
+    """Why a gang can never be placed on the cluster, or None if it can.
+
+    Args:
+        bundles: the gang.
+        node_totals: total resources of each alive node.
+
+    Returns:
+        A message naming what was asked for and what the cluster has, or None.
+    """
+    if not bundles or pack(bundles, node_totals):
+        return None
+    cluster = total(node_totals)
+    nodes = ", ".join(describe(n) for n in node_totals) or "no alive nodes"
+    return (f"asks for {len(bundles)} x {describe(bundles[0])} = {describe(total(bundles))}; "
+            f"the cluster has {describe(cluster)} on {len(node_totals)} node(s): {nodes}")
+
+
+def fits_now(demand: Mapping[str, float], cluster_total: Mapping[str, float],
+             reserved: Mapping[str, float], available: Mapping[str, float]) -> bool:
+    """Whether a gang can be started now without waiting on a gang the runner started.
+
+    Args:
+        demand: the gang's total.
+        cluster_total: `ray.cluster_resources()`.
+        reserved: totals of the runner's gangs still running (granted or not yet).
+        available: `ray.available_resources()` (what other jobs left free).
+
+    Returns:
+        True if the demand fits both beside the runner's own gangs and in what is free now.
+    """
+    own_room = subtract(cluster_total, reserved)
+    return covers(own_room, demand) and covers(available, demand)

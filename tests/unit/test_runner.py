@@ -1,0 +1,104 @@
+"""The DAG runner on the in-process thread backend, with the toy trainer and the real merge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from stage_toys import ToyTrainer
+
+from dreamray.config import load_recipe
+from dreamray.orchestration.backends import ThreadBackend
+from dreamray.orchestration.ledger import Ledger
+from dreamray.orchestration.merge import run_merge_stage
+from dreamray.orchestration.runner import DagRunner, PreflightError, RunFailed
+from dreamray.orchestration.storage import RunStorage
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "pipelines" / "recipes" / "tiny.yaml"
+STAGE_ONE = ("stage1_comprehension", "stage1_creation")
+
+
+def _run(run_dir, nodes=({"CPU": 4.0},), trainer=None, targets=None, **overrides):
+    recipe = load_recipe(TINY, {"root": "/x", **overrides}, check_paths=False)
+    executors = {"train": trainer or ToyTrainer(step_s=0.1), "merge": run_merge_stage}
+    backend = ThreadBackend(list(nodes))
+    try:
+        return DagRunner(recipe, str(run_dir), backend, executors, targets=targets,
+                         poll_s=0.05).run()
+    finally:
+        backend.close()
+
+
+def _overlap(summary) -> float:
+    a, b = (summary.records[n] for n in STAGE_ONE)
+    return min(a.ended_at, b.ended_at) - max(a.started_at, b.started_at)
+
+
+def test_full_run_then_skip_then_edit(tmp_path):
+    run = f"file://{tmp_path}/run"
+    first = _run(run)
+    assert set(first.states.values()) == {"done"}
+    assert _overlap(first) > 0.2  # the stage-I branches ran at the same time
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| stage2 | train | done | 4 | 16 |" in report
+    assert "overlapped" in report and (tmp_path / "run" / "plots" / "losses.png").is_file()
+
+    again = _run(run)
+    assert set(again.states.values()) == {"skipped"}
+
+    edited = _run(run, **{"stages.sft.optim.lr": 5.0e-4})
+    assert edited.states == {**{n: "skipped" for n in edited.states}, "sft": "done"}
+
+
+def test_small_cluster_runs_the_branches_one_after_the_other(tmp_path):
+    summary = _run(tmp_path / "run", nodes=[{"CPU": 1.0}], targets=list(STAGE_ONE))
+    assert _overlap(summary) <= 0
+
+
+def test_a_gang_that_can_never_fit_fails_before_anything_runs(tmp_path):
+    with pytest.raises(PreflightError) as err:
+        _run(tmp_path / "run", nodes=[{"CPU": 2.0}], **{"stages.stage2.scaling.num_workers": 4,
+                                   "stages.stage2.deepspeed.micro_batch_per_gpu": 1})
+    assert "stages.stage2: can never be scheduled: asks for 4 x {CPU: 1} = {CPU: 4}" in \
+        str(err.value)
+    assert "the cluster has {CPU: 2}" in str(err.value)
+    assert not (tmp_path / "run" / "ledger").exists()
+
+
+def test_failed_stage_resumes_from_its_checkpoint(tmp_path):
+    toy = ToyTrainer(step_s=0.05, fail_once_at={"stage2": 2}, marker_dir=str(tmp_path / "m"))
+    with pytest.raises(RunFailed, match="stage2: RuntimeError: toy failure"):
+        _run(tmp_path / "run", trainer=toy)
+    ledger = Ledger(RunStorage(str(tmp_path / "run")))
+    assert ledger.read("stage2").status == "failed"
+    assert ledger.read("sft") is None  # blocked, never started
+    resumed = _run(tmp_path / "run", trainer=toy)
+    assert resumed.states["stage2"] == "done" and resumed.states["sft"] == "done"
+    assert resumed.records["stage2"].metrics["resumed_from_step"] == 2
+    assert [e["event"] for e in resumed.records["stage2"].events] == ["run", "failed",
+                                                                     "resume", "done"]
+
+
+def test_corrupted_artifact_is_rerun_and_downstream_kept(tmp_path):
+    _run(tmp_path / "run")
+    ledger = Ledger(RunStorage(str(tmp_path / "run")))
+    artifact = Path(ledger.read("stage1_creation").artifact)
+    (artifact / "dream_embedding.bin").write_bytes(b"garbage")
+    summary = _run(tmp_path / "run")
+    assert summary.states["stage1_creation"] == "done"
+    events = [e["event"] for e in summary.records["stage1_creation"].events]
+    assert events[-3:] == ["corrupt", "run", "done"]
+    # The re-made artifact is byte-identical (seeded trainer), so nothing downstream re-runs.
+    assert summary.states["merge"] == summary.states["stage2"] == "skipped"
+
+
+def test_one_stage_reads_its_inputs_from_the_run_dir(tmp_path):
+    with pytest.raises(PreflightError, match="'stage2' has no finished artifact"):
+        _run(tmp_path / "run", targets=["sft"])
+    _run(tmp_path / "run")
+    summary = _run(tmp_path / "run", targets=["sft"], **{"stages.sft.optim.lr": 7.0e-4})
+    assert summary.states == {"stage1_comprehension": "external", "stage1_creation": "external",
+                              "merge": "external", "stage2": "external", "sft": "done"}
+    with pytest.raises(PreflightError, match="unknown stage 'nope'"):
+        _run(tmp_path / "run", targets=["nope"])

@@ -2,8 +2,8 @@
 
 `clip_vision_embedding.bin` comes from the comprehension branch, `dream_embedding.bin` and
 `stable_diffusion_head.bin` from the creation branch (each source is named by the MergeSpec).
-Besides the plugin files, the merged artifact carries `config.json` and the tokenizer files of
-the `clip_vision_embedding` source (the comprehension branch): stage II re-loads the base LLM
+Besides the plugin files, the merged artifact carries `config.json`, the tokenizer files and
+`preprocessor_config.json` of the `clip_vision_embedding` source (the comprehension branch): stage II re-loads the base LLM
 (`init.llm: base`) and needs from the merge only the plugins, plus a tokenizer with the
 DreamLLM special tokens and the model config. `model.safetensors` is NOT copied (the stage-I
 LLM is frozen, i.e. the base LLM; copying 13 GB at 7B would buy nothing), so no stage may read
@@ -46,9 +46,12 @@ REQUIRED_PREFIXES = {
     "stable_diffusion_head": ("vae.", "unet.", "projector.projector."),
 }
 CONFIG_FILE = "config.json"
-TOKENIZER_FILES = (
+# Carried besides config.json when present: the tokenizer files HF may write, and the CLIP
+# image processor config of the artifact.
+CARRIED_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja",
+    "preprocessor_config.json",
 )
 # The plugin whose source also provides config.json and the tokenizer files.
 CARRIER_PLUGIN = "clip_vision_embedding"
@@ -176,7 +179,7 @@ def carried_files(carrier: Path) -> list[str]:
     """
     if not (carrier / CONFIG_FILE).is_file():
         raise MergeError(f"{carrier}: no {CONFIG_FILE} to carry into the merged artifact")
-    return [CONFIG_FILE] + [f for f in TOKENIZER_FILES if (carrier / f).is_file()]
+    return [CONFIG_FILE] + [f for f in CARRIED_FILES if (carrier / f).is_file()]
 
 
 def check_same_tokenizer(sources: dict[str, Path]) -> list[str]:

@@ -1,25 +1,85 @@
-"""The resolved recipe DAG as text: what `full_recipe.py --dry-run` prints."""
+"""The resolved recipe DAG as text: what `full_recipe.py --dry-run` prints.
+
+Per stage: what it reads, trains and asks for, its identity, what the run directory's ledger
+holds for it, the DeepSpeed dict its workers will get and, where `dreamray.model` provides it,
+the trainable parameter counts and memory plan. Imports neither Ray nor DeepSpeed.
+"""
 
 from __future__ import annotations
 
+import importlib
+import json
+
 from dreamray.config import RecipeSpec, TrainStageSpec
+from dreamray.orchestration.identity import stage_identities, stage_key
+
+# The model plan hook: `dreamray.model.<module>.<function>(stage, shapes_only=bool) -> [lines]`.
+MODEL_PLAN_HOOK = ("dreamray.model.memory", "describe_stage_plan")
 
 
-def describe_recipe(recipe: RecipeSpec) -> str:
+def describe_recipe(recipe: RecipeSpec, run_dir: str | None = None,
+                    shapes_only: bool = False) -> str:
     """Render the recipe's stages in run order, with what each one reads, trains and asks for.
 
     Args:
         recipe: a validated recipe.
+        run_dir: if given, also say what the run directory's ledger holds for each stage.
+        shapes_only: passed to the model plan (config-only architectures, no weights read).
 
     Returns:
         A multi-line, human-readable description of the DAG.
     """
+    ids = stage_identities(recipe)
+    ledger = _ledger_states(run_dir, ids) if run_dir else {}
     lines = [f"recipe {recipe.name!r}: {len(recipe.stages)} stages, root {recipe.root}"]
     for level, names in enumerate(parallel_levels(recipe)):
         lines.append(f"level {level}: {' || '.join(names)}")
         for name in names:
-            lines += [f"  {line}" for line in describe_stage(name, recipe)]
+            stage_lines = describe_stage(name, recipe)
+            stage_lines.insert(1, f"  id: {stage_key(name, ids[name])}"
+                               + (f"; run dir: {ledger[name]}" if name in ledger else ""))
+            if isinstance(recipe.stages[name], TrainStageSpec):
+                stage_lines += _train_extras(recipe.stages[name], shapes_only)
+            lines += [f"  {line}" for line in stage_lines]
     return "\n".join(lines)
+
+
+def _ledger_states(run_dir: str, ids: dict[str, str]) -> dict[str, str]:
+    """What the ledger says per stage, without verifying checksums (a dry run stays fast)."""
+    from dreamray.orchestration.ledger import Ledger
+    from dreamray.orchestration.storage import RunStorage
+
+    try:
+        ledger = Ledger(RunStorage(run_dir))
+        out = {}
+        for name, identity in ids.items():
+            record = ledger.read(name)
+            if record is None:
+                out[name] = "not run (would run)"
+            elif record.identity != identity:
+                out[name] = f"{record.status} for another spec (would run)"
+            else:
+                verb = {"done": "skip if its checksums verify", "running": "resume",
+                        "failed": "resume"}[record.status]
+                out[name] = f"{record.status} (would {verb})"
+        return out
+    except (OSError, ValueError, RuntimeError) as err:
+        return dict.fromkeys(ids, f"ledger unreadable: {err}")
+
+
+def _train_extras(stage: TrainStageSpec, shapes_only: bool) -> list[str]:
+    from dreamray.train.ds_config import deepspeed_config
+
+    ds = deepspeed_config(stage.deepspeed, world_size=stage.scaling.num_workers,
+                          grad_accumulation_steps=stage.grad_accumulation_steps)
+    lines = [f"  deepspeed dict: {json.dumps(ds, sort_keys=True)}"]
+    module_name, function = MODEL_PLAN_HOOK
+    try:
+        plan = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError):
+        return lines + [f"  params / memory plan: not available ({module_name}.{function} "
+                        "does not exist yet)"]
+    return lines + [f"  {line}" for line in plan(stage, shapes_only=shapes_only)]
 
 
 def parallel_levels(recipe: RecipeSpec) -> list[list[str]]:

@@ -287,7 +287,7 @@ class DagRunner:
             inputs={d: self.ids[d] for d in stage.needs},
             input_digests={d: self.digests[d] for d in stage.needs},
             artifact=self.storage.uri_of(artifact_rel(name, identity)),
-            train_storage=self.storage.uri_of("train"), train_run_name=stage_key(name, identity),
+            train_storage=self._train_storage(), train_run_name=stage_key(name, identity),
             checkpoint=self.ledger.latest_checkpoint(name, identity),
             started_at=time.time(), attempts=(prev.attempts + 1) if same and prev else 1,
             events=list(prev.events) if same and prev else [], git_commit=self.git)
@@ -295,6 +295,12 @@ class DagRunner:
             record.log("corrupt", "; ".join(decision.corrupt))
         record.log(decision.action, decision.reason)
         return record
+
+    def _train_storage(self) -> str:
+        # Executors get a plain path for a local run dir (not every library reads file://).
+        if self.storage.is_local:
+            return str(self.storage.local_path("train"))
+        return self.storage.uri_of("train")
 
     def finish(self, handle: Any) -> None:
         """Record a finished stage task: verify its artifact, or record its failure."""

@@ -5,9 +5,9 @@
 Besides the plugin files, the merged artifact carries `config.json`, the tokenizer files and
 `preprocessor_config.json` of the `clip_vision_embedding` source (the comprehension branch):
 stage II re-loads the base LLM (`init.llm: base`) and needs from the merge only the plugins,
-plus a tokenizer with the DreamLLM special tokens and the model config. `model.safetensors` is NOT copied (the stage-I
-LLM is frozen, i.e. the base LLM; copying 13 GB at 7B would buy nothing), so no stage may read
-its LLM from a merge (the runner refuses such a recipe up front).
+plus a tokenizer with the DreamLLM special tokens and the model config. `model.safetensors`
+is NOT copied (the stage-I LLM is frozen, i.e. the base LLM; copying 13 GB at 7B would buy
+nothing), so no stage may read its LLM from a merge (the runner refuses such a recipe).
 
 Every picked file is checked against its source's stage.json sha256, loaded with
 `weights_only=True` to check its keys and that the widths agree (query width = CLIP projector

@@ -45,6 +45,10 @@ RELEASED_PREFIXES = {
     DIFFUSION_PLUGIN: "stable_diffusion_head.",
 }
 _MAX_NAMES = 20  # key lists in errors are cut to this many names
+# transformers 5's CLIPVisionModel dropped the `vision_model.` level that transformers 4 (and so
+# the reference's files) have; the files keep it, the module may not
+CLIP_MODULE = "clip_vision_model."
+CLIP_FILE_LEVEL = "vision_model."
 
 
 class ArtifactError(ValueError):
@@ -76,6 +80,42 @@ def split_state_dict(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torc
     return parts
 
 
+def _clip_has_level(model: DreamLLM) -> bool:
+    keys = getattr(model, VISION_PLUGIN).clip_vision_model.state_dict()
+    return all(k.startswith(CLIP_FILE_LEVEL) for k in keys)
+
+
+def to_file_keys(model: DreamLLM, name: str, state: dict[str, torch.Tensor]) -> dict:
+    """A plugin's module state dict -> the keys its reference file uses.
+
+    Args:
+        model: the model the state dict comes from.
+        name: the plugin name.
+        state: its state dict.
+
+    Returns:
+        The state dict with the reference's keys.
+    """
+    if name != VISION_PLUGIN or _clip_has_level(model):
+        return state
+    level = CLIP_MODULE + CLIP_FILE_LEVEL
+    return {
+        (k.replace(CLIP_MODULE, level, 1) if k.startswith(CLIP_MODULE) else k): v
+        for k, v in state.items()
+    }
+
+
+def from_file_keys(model: DreamLLM, name: str, state: dict[str, torch.Tensor]) -> dict:
+    """Inverse of `to_file_keys`: a plugin file's keys -> the module's keys."""
+    if name != VISION_PLUGIN or _clip_has_level(model):
+        return state
+    level = CLIP_MODULE + CLIP_FILE_LEVEL
+    return {
+        (k.replace(level, CLIP_MODULE, 1) if k.startswith(level) else k): v
+        for k, v in state.items()
+    }
+
+
 def save_dreamllm(model: DreamLLM, out_dir: str | Path, state_dict: dict | None = None) -> Path:
     """Write a model's artifact dir atomically (a temp dir next to it, then a rename).
 
@@ -98,7 +138,7 @@ def save_dreamllm(model: DreamLLM, out_dir: str | Path, state_dict: dict | None 
         config[DREAMLLM_SECTION] = model.dreamllm_config.to_dict()
         _write_json(tmp / CONFIG_FILE, config)
         for name in PLUGIN_MODULES:
-            torch.save(parts[name], tmp / PLUGIN_FILES[name])
+            torch.save(to_file_keys(model, name, parts[name]), tmp / PLUGIN_FILES[name])
         model.tokenizer.save_pretrained(tmp)
         _write_json(tmp / PROCESSOR_FILE, model.dreamllm_config.image_processor)
         _replace_dir(tmp, out_dir)
@@ -204,7 +244,7 @@ def load_plugins_into(model: DreamLLM, path: str | Path) -> None:
         source = path / (
             PLUGIN_FILES[name] if (path / PLUGIN_FILES[name]).is_file() else RELEASED_WEIGHTS
         )
-        load_checked(getattr(model, name), state, str(source))
+        load_checked(getattr(model, name), from_file_keys(model, name, state), str(source))
 
 
 def load_dreamllm(

@@ -8,6 +8,7 @@ queries. The `*_from_config` helpers rebuild the plugin towers with no weights l
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,18 @@ def plugin_config(spec: ModelSpec) -> DreamLLMConfig:
     sd = Path(spec.diffusion_path)
     processor = CLIPImageProcessor.from_pretrained(spec.vision_path, local_files_only=True)
     scheduler = DDPMScheduler.from_pretrained(sd / "scheduler", local_files_only=True)
+    # through JSON once, so the config equals what an artifact's config.json reads back
+    normal = json.loads(
+        json.dumps(
+            {
+                "vision_config": CLIPVisionConfig.from_pretrained(spec.vision_path).to_dict(),
+                "image_processor": processor.to_dict(),
+                "unet_config": dict(UNet2DConditionModel.load_config(sd / "unet")),
+                "vae_config": dict(AutoencoderKL.load_config(sd / "vae")),
+                "scheduler_config": dict(scheduler.config),
+            }
+        )
+    )
     return DreamLLMConfig(
         num_dream_queries=spec.num_dream_queries,
         vision_select_layer=spec.vision_select_layer,
@@ -98,11 +111,7 @@ def plugin_config(spec: ModelSpec) -> DreamLLMConfig:
         condition_projector=spec.condition_projector,
         condition_dropout=spec.condition_dropout,
         snr_gamma=spec.snr_gamma,
-        vision_config=CLIPVisionConfig.from_pretrained(spec.vision_path).to_dict(),
-        image_processor=processor.to_dict(),
-        unet_config=dict(UNet2DConditionModel.load_config(sd / "unet")),
-        vae_config=dict(AutoencoderKL.load_config(sd / "vae")),
-        scheduler_config=dict(scheduler.config),
+        **normal,
     )
 
 

@@ -1,0 +1,64 @@
+"""cluster/: the launcher YAML passes Ray's own validation; KubeRay YAMLs keep auth and privacy."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER = REPO / "cluster"
+
+
+def _prepared(config):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    return prepared
+
+
+def test_cluster_launcher_yaml_is_valid_for_ray():
+    config = yaml.safe_load((CLUSTER / "aws-gpu.yaml").read_text())
+    prepared = _prepared(config)
+    assert prepared["available_node_types"]["gpu_8x_a100"]["resources"]["GPU"] == 8
+    starts = " ".join(prepared["head_start_ray_commands"] + prepared["worker_start_ray_commands"])
+    assert starts.count("RAY_AUTH_MODE=token") == 2
+    assert "--dashboard-host=127.0.0.1" in starts
+    # Ray's schema is strict: a misspelled key is rejected, so the check above means something.
+    config["available_node_types"]["head"]["min_wrokers"] = 0
+    with pytest.raises(Exception, match="min_wrokers"):
+        _prepared(config)
+
+
+def test_kuberay_cluster_has_token_auth_and_no_public_endpoint():
+    cluster = yaml.safe_load((CLUSTER / "kuberay" / "raycluster.yaml").read_text())
+    assert cluster["kind"] == "RayCluster"
+    spec = cluster["spec"]
+    assert spec["authOptions"] == {"mode": "token", "secretName": "dreamray-ray-token"}
+    assert spec["headGroupSpec"]["serviceType"] == "ClusterIP"
+    text = (CLUSTER / "kuberay").joinpath("raycluster.yaml").read_text()
+    assert not re.search(r"^\s*[^#\s].*(NodePort|LoadBalancer|kind: Ingress)", text, re.M)
+
+
+def test_kuberay_job_targets_the_cluster_with_its_token():
+    job = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())
+    cluster = yaml.safe_load((CLUSTER / "kuberay" / "raycluster.yaml").read_text())
+    assert job["kind"] == "RayJob"
+    assert job["spec"]["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"]
+    env = {e["name"]: e for e in job["spec"]["submitterPodTemplate"]["spec"]["containers"][0]
+           ["env"]}
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == \
+        cluster["spec"]["authOptions"]["secretName"]
+    recipe = re.search(r"--recipe (\S+)", job["spec"]["entrypoint"]).group(1)
+    assert (REPO / recipe).is_file()
+
+
+def test_runtime_env_leaves_out_venvs_data_and_runs():
+    env = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())
+    assert {".venv/", ".cache/", "runs/", ".git/"} <= set(env["excludes"])
+    assert env["env_vars"]["RAY_TRAIN_ENABLE_STATE_TRACKING"] == "1"

@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test test-unit lint tiny demo dry-run clean
+.PHONY: venv test test-unit lint tiny demo dry-run head stop-head clean
 
 # The venv is rebuilt only when pyproject.toml or constraints.txt change. torch/torchvision go
 # first, as the tested pair (see docs/ARCHITECTURE.md, "Install").
@@ -39,9 +39,13 @@ tiny: venv
 dry-run: tiny
 	$(PY) pipelines/full_recipe.py --recipe pipelines/recipes/tiny.yaml --run-dir $(RUNS)/tiny --dry-run
 
+# The tiny recipe as a Ray job on a local head (token auth on, dashboard on 127.0.0.1): start
+# the head (kept running afterwards: `make stop-head`), submit, wait, say where things are.
 demo: dry-run
 	bash cluster/local_head.sh start
-	bash cluster/submit_tiny.sh $(DASHBOARD) $(RUNS)
+	bash cluster/submit.sh pipelines/recipes/tiny.yaml $(RUNS)/tiny
+	@echo "dashboard: $(DASHBOARD)  (jobs, Train runs; token: ~/.ray/auth_token)"
+	@echo "report:    $(CURDIR)/$(RUNS)/tiny/report.md"
 
 head: venv
 	bash cluster/local_head.sh start

@@ -82,9 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "score":
             result = score_folders(
-                args.images, settings, args.ref_images, args.ref_stats, args.cache_dir,
+                args.images,
+                settings,
+                args.ref_images,
+                args.ref_stats,
+                args.cache_dir,
                 args.save_stats,
-            )  # fmt: skip
+            )
             if args.out:
                 write_json_atomic(args.out, result)
         else:

@@ -1,14 +1,25 @@
 """Evaluation plumbing: FID feature protocols and pools, caption/question manifests, VQA.
 
-Import submodules directly for the heavier pieces (`dreamray.evals.fid_eval` needs Ray);
-this package itself only exposes the feature protocol helpers.
+The feature-protocol helpers are re-exported lazily, so that importing a light submodule
+(`dreamray.evals.vqa_data`, `dreamray.evals.results`) does not import torch and clean-fid.
 """
 
-from dreamray.evals.features import (
-    PROTOCOLS,
-    build_extractor,
-    get_protocol,
-    tiny_feature_extractor,
-)
+from __future__ import annotations
 
-__all__ = ["PROTOCOLS", "build_extractor", "get_protocol", "tiny_feature_extractor"]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "PROTOCOLS": "dreamray.evals.features",
+    "build_extractor": "dreamray.evals.features",
+    "get_protocol": "dreamray.evals.features",
+    "tiny_feature_extractor": "dreamray.evals.features",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dreamray.evals' has no attribute {name!r}")

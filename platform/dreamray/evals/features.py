@@ -18,7 +18,6 @@ pytorch-fid's FID Inception for the other two), loadable from a local weights fi
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
 import tempfile
 from collections.abc import Callable, Iterator
@@ -31,6 +30,8 @@ import torch
 from cleanfid.resize import build_resizer
 from cleanfid.utils import ResizeDataset
 from PIL import Image
+
+from dreamray.evals.results import sha256_file
 
 PROTOCOLS = ("clean", "legacy_pytorch", "dreamllm")
 INCEPTION_DIM = 2048
@@ -223,9 +224,11 @@ def _torchscript_inception(weights: str | None, device: str) -> tuple[Callable, 
 
     if weights is None:
         fn = feature_extractor(
-            "torchscript_inception", torch.device(device), resize_inside=False,
+            "torchscript_inception",
+            torch.device(device),
+            resize_inside=False,
             use_dataparallel=False,
-        )  # fmt: skip
+        )
         return fn, _sha256_or_none(Path("/tmp") / TORCHSCRIPT_NAME)
     with _named_copy(weights, TORCHSCRIPT_NAME) as folder:
         try:
@@ -283,15 +286,6 @@ def _torch_hub_with(weights: str) -> Iterator[None]:
             yield
         finally:
             torch.hub.set_dir(previous)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _sha256_or_none(path: Path) -> str | None:

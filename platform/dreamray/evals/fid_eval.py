@@ -24,10 +24,10 @@ from dreamray.evals.features import (
     build_extractor,
     get_protocol,
     image_dataset,
-    sha256_file,
 )
 from dreamray.evals.images import Skip, content_hash, list_images
 from dreamray.evals.pool import PoolOptions, chunked, make_pool
+from dreamray.evals.results import sha256_file
 from dreamray.evals.telemetry import EvalProgress
 from dreamray.metrics.fid import (
     FeatureStats,
@@ -170,9 +170,12 @@ def _require_two(n: int, folder: str, skipped: list[Skip]) -> None:
     if n < 2:
         raise FidError(
             f"{folder}: FID needs at least 2 readable images, found {n}"
-            + (f" ({len(skipped)} files skipped, e.g. {skipped[0].path}: {skipped[0].reason})"
-               if skipped else "")
-        )  # fmt: skip
+            + (
+                f" ({len(skipped)} files skipped, e.g. {skipped[0].path}: {skipped[0].reason})"
+                if skipped
+                else ""
+            )
+        )
 
 
 def reference_key(images: str | Path, settings: FidSettings) -> str:
@@ -253,8 +256,12 @@ def score_folders(
     ref = None
     if ref_stats is not None:  # fail on a wrong file before any feature is computed
         ref = load_stats(ref_stats, expected_dim=settings.feature_dim())
-        provenance = {**ref.meta.get("reference", {}), "kind": "stats", "path": str(ref_stats),
-                      "sha256": sha256_file(ref_stats)}  # fmt: skip
+        provenance = {
+            **ref.meta.get("reference", {}),
+            "kind": "stats",
+            "path": str(ref_stats),
+            "sha256": sha256_file(ref_stats),
+        }
     with start_pool(settings) as pool:
         extractor_card = pool.call_all("info")[0]
         if ref is None:

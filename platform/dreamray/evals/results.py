@@ -7,6 +7,7 @@ A crash can leave at most a torn last line, which is ignored on reading.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -108,3 +109,12 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

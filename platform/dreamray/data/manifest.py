@@ -41,7 +41,12 @@ def _input_entry(path: str, results: list, skipped: dict[str, str]) -> dict:
 
 
 def build_manifest(
-    *, source: str, converter: str, args: dict, inputs: list[str], results: list,
+    *,
+    source: str,
+    converter: str,
+    args: dict,
+    inputs: list[str],
+    results: list,
     seconds: float,
 ) -> dict:
     """Summarise a conversion run.

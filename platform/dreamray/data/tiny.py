@@ -27,14 +27,17 @@ def _layouts(sources_dir: Path, seed: int) -> dict:
     if marker.is_file():
         written = json.loads(marker.read_text())
         if written["seed"] != seed or written["faults"]:
-            raise ValueError(f"{sources_dir} holds sources of another seed / with faults: "
-                             "remove it or pick another --out")
+            raise ValueError(
+                f"{sources_dir} holds sources of another seed / with faults: "
+                "remove it or pick another --out"
+            )
         return read_layouts(sources_dir)
     return write_synthetic(sources_dir, seed=seed, faults=False)
 
 
-def build_tiny_data(out: str | Path, seed: int = 0, use_ray: bool = True,
-                    progress: bool = False) -> dict[str, Path]:
+def build_tiny_data(
+    out: str | Path, seed: int = 0, use_ray: bool = True, progress: bool = False
+) -> dict[str, Path]:
     """Write the synthetic sources (once) and convert each into `<out>/shards/<source>/`.
 
     Args:
@@ -59,8 +62,16 @@ def build_tiny_data(out: str | Path, seed: int = 0, use_ray: bool = True,
         if use_ray:
             ensure_ray()
         ctx = ReadContext(source=source, images=layout.images)
-        run_conversion(ConvertRequest(layout.converter, layout.inputs, dirs[source], ctx,
-                                      use_ray=use_ray, progress=progress))
+        run_conversion(
+            ConvertRequest(
+                layout.converter,
+                layout.inputs,
+                dirs[source],
+                ctx,
+                use_ray=use_ray,
+                progress=progress,
+            )
+        )
     return dirs
 
 
@@ -83,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         ensure_ray(args.num_cpus)
     for source, path in build_tiny_data(args.out, args.seed, not args.no_ray, True).items():
         manifest = json.loads((path / MANIFEST_NAME).read_text())
-        print(f"{source:<16} rows {manifest['rows_out']:>4}  rejected "
-              f"{manifest['rows_rejected_total']:>3}  {path}")
+        print(
+            f"{source:<16} rows {manifest['rows_out']:>4}  rejected "
+            f"{manifest['rows_rejected_total']:>3}  {path}"
+        )
     return 0
 
 

@@ -99,7 +99,11 @@ def pair_row(rid: str, source: str, caption: str, image: bytes, sim: float | Non
 
 
 def conversation_row(
-    rid: str, source: str, texts: list[str], roles: list[str], images: list[bytes],
+    rid: str,
+    source: str,
+    texts: list[str],
+    roles: list[str],
+    images: list[bytes],
     image_after: list[int],
 ) -> dict:
     """Build a conversation row (arguments as in the unified schema).

@@ -32,11 +32,18 @@ def _common(sub: argparse.ArgumentParser, name: str) -> None:
     sub.add_argument("--images", type=Path, required=converter.needs_images)
     sub.add_argument("--source", choices=converter.sources, default=converter.sources[0])
     sub.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS)
-    sub.add_argument("--skip-bad-files", action="store_true",
-                     help="skip unreadable input files and record them in the manifest")
+    sub.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        help="skip unreadable input files and record them in the manifest",
+    )
     sub.add_argument("--overwrite", action="store_true")
-    sub.add_argument("--num-cpus", type=int, default=None,
-                     help="CPUs of the local Ray cluster started when none is connected")
+    sub.add_argument(
+        "--num-cpus",
+        type=int,
+        default=None,
+        help="CPUs of the local Ray cluster started when none is connected",
+    )
     sub.add_argument("--max-parallel", type=int, default=None, help="tasks in flight at most")
     sub.add_argument("--no-ray", action="store_true", help="convert in this process, one by one")
     sub.add_argument("--no-progress", action="store_true")
@@ -54,17 +61,28 @@ def build_parser() -> argparse.ArgumentParser:
         sub = subs.add_parser(name, help=HELP[name])
         _common(sub, name)
         if name in ("mmc4", "instruct_mmc4"):
-            sub.add_argument("--drop-bad-images", action="store_true",
-                             help="drop a bad image and keep its document")
+            sub.add_argument(
+                "--drop-bad-images",
+                action="store_true",
+                help="drop a bad image and keep its document",
+            )
         if name == "img2dataset":
             sub.add_argument("--caption-column", default="txt")
             sub.add_argument("--image-column", default="jpg")
         if name == "journeydb":
-            sub.add_argument("--text-field", choices=("caption", "prompt"), default="caption",
-                             help="Task2 caption or Midjourney prompt")
+            sub.add_argument(
+                "--text-field",
+                choices=("caption", "prompt"),
+                default="caption",
+                help="Task2 caption or Midjourney prompt",
+            )
         if CONVERTERS[name].read_records is not None:
-            sub.add_argument("--split-rows", type=int, default=0,
-                             help="records per task for one big .json file (0: whole file)")
+            sub.add_argument(
+                "--split-rows",
+                type=int,
+                default=0,
+                help="records per task for one big .json file (0: whole file)",
+            )
     return parser
 
 
@@ -84,10 +102,16 @@ def request_from_args(args: argparse.Namespace) -> ConvertRequest:
     }
     ctx = ReadContext(source=args.source, images=args.images, max_pixels=args.max_pixels, **extra)
     return ConvertRequest(
-        converter=args.converter, inputs=args.input, output=args.output, ctx=ctx,
-        skip_bad_files=args.skip_bad_files, overwrite=args.overwrite,
+        converter=args.converter,
+        inputs=args.input,
+        output=args.output,
+        ctx=ctx,
+        skip_bad_files=args.skip_bad_files,
+        overwrite=args.overwrite,
         split_rows=args.split_rows if hasattr(args, "split_rows") else 0,
-        max_parallel=args.max_parallel, use_ray=not args.no_ray, progress=not args.no_progress,
+        max_parallel=args.max_parallel,
+        use_ray=not args.no_ray,
+        progress=not args.no_progress,
     )
 
 

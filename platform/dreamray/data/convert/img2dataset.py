@@ -49,8 +49,11 @@ def _reject_all(path: Path, pf: pq.ParquetFile, ctx: ReadContext, missing: list[
     for batch in pf.iter_batches(batch_size=1024, columns=["key"] if has_key else []):
         keys = batch.column(0).to_pylist() if has_key else [None] * batch.num_rows
         for key in keys:
-            yield Reject(make_id(ctx.source, path.stem, _row_key(path, index, key)),
-                         REASON_MISSING_COLUMN, detail)
+            yield Reject(
+                make_id(ctx.source, path.stem, _row_key(path, index, key)),
+                REASON_MISSING_COLUMN,
+                detail,
+            )
             index += 1
 
 

@@ -32,7 +32,10 @@ from dreamray.data.schema import (
 )
 
 ROLE_MAP = {
-    "human": ROLE_USER, "user": ROLE_USER, "gpt": ROLE_ASSISTANT, "assistant": ROLE_ASSISTANT,
+    "human": ROLE_USER,
+    "user": ROLE_USER,
+    "gpt": ROLE_ASSISTANT,
+    "assistant": ROLE_ASSISTANT,
 }
 
 

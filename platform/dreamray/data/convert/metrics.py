@@ -29,11 +29,13 @@ def _instruments() -> dict:
             f"{METRIC_PREFIX}rows_rejected", "input rows rejected", tag_keys=("source", "reason")
         ),
         "failed": Counter(
-            f"{METRIC_PREFIX}files_failed", "input files that could not be read",
+            f"{METRIC_PREFIX}files_failed",
+            "input files that could not be read",
             tag_keys=("source",),
         ),
         "rate": Gauge(
-            f"{METRIC_PREFIX}rows_per_second", "input rows per second of the last run",
+            f"{METRIC_PREFIX}rows_per_second",
+            "input rows per second of the last run",
             tag_keys=("source",),
         ),
     }

@@ -38,16 +38,25 @@ class Converter:
 CONVERTERS: dict[str, Converter] = {
     "mmc4": Converter("mmc4", ("mmc4_core",), False, mmc4.read_file),
     "img2dataset": Converter(
-        "img2dataset", ("laion400m", "blip_laion", "laion_coco"), False,
-        img2dataset.read_file, img2dataset.list_inputs,
+        "img2dataset",
+        ("laion400m", "blip_laion", "laion_coco"),
+        False,
+        img2dataset.read_file,
+        img2dataset.list_inputs,
     ),
     "journeydb": Converter("journeydb", ("journeydb",), True, journeydb.read_file),
     "llava": Converter(
-        "llava", ("llava_pretrain", "llava_instruct"), True, llava.read_file,
+        "llava",
+        ("llava_pretrain", "llava_instruct"),
+        True,
+        llava.read_file,
         read_records=llava.read_records,
     ),
     "instruct_mmc4": Converter(
-        "instruct_mmc4", ("instruct_mmc4",), True, instruct_mmc4.read_file,
+        "instruct_mmc4",
+        ("instruct_mmc4",),
+        True,
+        instruct_mmc4.read_file,
         read_records=instruct_mmc4.read_records,
     ),
 }

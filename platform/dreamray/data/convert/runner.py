@@ -117,22 +117,37 @@ def plan_units(files: list[str], req: ConvertRequest) -> tuple[list[WorkUnit], l
 
 @ray.remote(num_cpus=0)
 class ProgressCounter:
-    """Collects live row counts from the tasks for the driver's progress bar."""
+    """Collects live row counts from the tasks for the drivers' progress bars, per run."""
 
     def __init__(self):
-        self.rows_in, self.rows_out = 0, 0
+        self.counts: dict[str, list[int]] = {}
 
-    def add(self, rows_in: int, rows_out: int) -> None:
-        self.rows_in += rows_in
-        self.rows_out += rows_out
+    def add(self, run: str, rows_in: int, rows_out: int) -> None:
+        counts = self.counts.setdefault(run, [0, 0])
+        counts[0] += rows_in
+        counts[1] += rows_out
 
-    def get(self) -> tuple[int, int]:
-        return self.rows_in, self.rows_out
+    def pop(self, run: str, remove: bool) -> tuple[int, int]:
+        counts = self.counts.pop(run, [0, 0]) if remove else self.counts.setdefault(run, [0, 0])
+        return counts[0], counts[1]
 
 
-def _task_convert(unit, converter, ctx, out_dir, options, counter) -> UnitResult:
+# One counter per Ray job in this process: starting an actor costs about a second of CPU,
+# too much to pay per conversion (the tiny data runs eight).
+_COUNTERS: dict[str, ray.actor.ActorHandle] = {}
+
+
+def _progress_counter() -> ray.actor.ActorHandle:
+    job = ray.get_runtime_context().get_job_id()
+    if job not in _COUNTERS:
+        _COUNTERS.clear()
+        _COUNTERS[job] = ProgressCounter.remote()
+    return _COUNTERS[job]
+
+
+def _task_convert(unit, converter, ctx, out_dir, options, counter, run) -> UnitResult:
     def report(rows_in: int, rows_out: int, rejected: dict) -> None:
-        counter.add.remote(rows_in, rows_out)
+        counter.add.remote(run, rows_in, rows_out)
         record_rows(ctx.source, rows_in, rows_out, rejected)
 
     return convert_unit(unit, converter, ctx, out_dir, options, report)
@@ -142,23 +157,32 @@ _remote_convert = ray.remote(num_cpus=1)(_task_convert)
 
 
 def _run_ray(units: list[WorkUnit], req: ConvertRequest, out_dir: Path, bar) -> list[UnitResult]:
-    counter = ProgressCounter.remote()
+    counter, run = _progress_counter(), uuid.uuid4().hex
     limit = req.max_parallel or len(units)
     queue, pending, results = list(units), [], []
     while queue or pending:
         while queue and len(pending) < limit:
-            pending.append(_remote_convert.remote(
-                queue.pop(0), req.converter, req.ctx, str(out_dir), req.shard_options, counter))
+            pending.append(
+                _remote_convert.remote(
+                    queue.pop(0),
+                    req.converter,
+                    req.ctx,
+                    str(out_dir),
+                    req.shard_options,
+                    counter,
+                    run,
+                )
+            )
         done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
         results.extend(ray.get(done))
-        rows_in, rows_out = ray.get(counter.get.remote())
+        rows_in, rows_out = ray.get(counter.pop.remote(run, False))
         bar.update(rows_in - bar.n)
         bar.set_postfix(written=rows_out, units=f"{len(results)}/{len(units)}")
         if _must_stop(results, req):
             for ref in pending:
                 ray.cancel(ref, force=True)
             break
-    ray.kill(counter)
+    counter.pop.remote(run, True)  # forget this run's counts
     return results
 
 
@@ -175,7 +199,8 @@ def _run_local(units: list[WorkUnit], req: ConvertRequest, out_dir: Path, bar) -
     results = []
     for unit in units:
         results.append(
-            convert_unit(unit, req.converter, req.ctx, str(out_dir), req.shard_options, report))
+            convert_unit(unit, req.converter, req.ctx, str(out_dir), req.shard_options, report)
+        )
         if _must_stop(results, req):
             break
     return results
@@ -188,8 +213,10 @@ def _drop_failed_files(results: list[UnitResult], out_dir: Path, req: ConvertReq
         return
     if not req.skip_bad_files:
         listing = "\n".join(f"  {p}: {e}" for p, e in failed.items())
-        raise BadInputError(f"cannot read {len(failed)} input file(s):\n{listing}\n"
-                            "(use --skip-bad-files to skip them and record them in the manifest)")
+        raise BadInputError(
+            f"cannot read {len(failed)} input file(s):\n{listing}\n"
+            "(use --skip-bad-files to skip them and record them in the manifest)"
+        )
     for result in results:
         if result.path in failed:
             for shard in result.shards:
@@ -237,8 +264,12 @@ def run_conversion(req: ConvertRequest) -> dict:
                 results += run(units, req, tmp, bar)
         _drop_failed_files(results, tmp, req)
         manifest = build_manifest(
-            source=req.ctx.source, converter=req.converter, args=_args_record(req),
-            inputs=files, results=results, seconds=time.perf_counter() - start,
+            source=req.ctx.source,
+            converter=req.converter,
+            args=_args_record(req),
+            inputs=files,
+            results=results,
+            seconds=time.perf_counter() - start,
         )
         check_accounting(manifest)
         rejects = [r for res in results if res.error is None for r in res.rejects]

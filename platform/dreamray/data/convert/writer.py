@@ -148,8 +148,12 @@ def _consume(item, result: UnitResult, writer: ShardWriter) -> None:
     if isinstance(item, Reject):
         result.rejected[item.reason] += 1
         result.rejects.append(
-            {"id": item.id, "source_file": result.path, "reason": item.reason,
-             "detail": item.detail}
+            {
+                "id": item.id,
+                "source_file": result.path,
+                "reason": item.reason,
+                "detail": item.detail,
+            }
         )
     else:
         writer.write(item)

@@ -19,8 +19,15 @@ from dreamray.data.synthetic.pairs import IMG2DATASET_SOURCES, write_img2dataset
 
 LAYOUT_FILE = "layouts.json"
 
-__all__ = ["LAYOUT_FILE", "TRUTH_DIR", "SourceLayout", "read_layouts", "read_truth",
-           "write_source", "write_synthetic"]
+__all__ = [
+    "LAYOUT_FILE",
+    "TRUTH_DIR",
+    "SourceLayout",
+    "read_layouts",
+    "read_truth",
+    "write_source",
+    "write_synthetic",
+]
 
 
 def write_source(out: Path, source: str, seed: int, faults: bool) -> tuple[SourceLayout, Truth]:
@@ -54,8 +61,9 @@ def write_source(out: Path, source: str, seed: int, faults: bool) -> tuple[Sourc
     return layout, truth
 
 
-def write_synthetic(out: str | Path, seed: int = 0, faults: bool = False,
-                    sources: tuple[str, ...] | None = None) -> dict[str, SourceLayout]:
+def write_synthetic(
+    out: str | Path, seed: int = 0, faults: bool = False, sources: tuple[str, ...] | None = None
+) -> dict[str, SourceLayout]:
     """Write synthetic sources and `out/layouts.json` (how to convert each).
 
     Args:
@@ -72,11 +80,17 @@ def write_synthetic(out: str | Path, seed: int = 0, faults: bool = False,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     layouts = {s: write_source(out, s, seed, faults)[0] for s in (sources or SOURCES)}
-    body = {s: {**asdict(lay), "inputs": [str(p) for p in lay.inputs],
-                "images": None if lay.images is None else str(lay.images)}
-            for s, lay in layouts.items()}
-    (out / LAYOUT_FILE).write_text(json.dumps({"seed": seed, "faults": faults, "sources": body},
-                                              indent=1) + "\n")
+    body = {
+        s: {
+            **asdict(lay),
+            "inputs": [str(p) for p in lay.inputs],
+            "images": None if lay.images is None else str(lay.images),
+        }
+        for s, lay in layouts.items()
+    }
+    (out / LAYOUT_FILE).write_text(
+        json.dumps({"seed": seed, "faults": faults, "sources": body}, indent=1) + "\n"
+    )
     return layouts
 
 
@@ -91,7 +105,11 @@ def read_layouts(out: str | Path) -> dict[str, SourceLayout]:
     """
     body = json.loads((Path(out) / LAYOUT_FILE).read_text())["sources"]
     return {
-        s: SourceLayout(s, v["converter"], [Path(p) for p in v["inputs"]],
-                        None if v["images"] is None else Path(v["images"]))
+        s: SourceLayout(
+            s,
+            v["converter"],
+            [Path(p) for p in v["inputs"]],
+            None if v["images"] is None else Path(v["images"]),
+        )
         for s, v in body.items()
     }

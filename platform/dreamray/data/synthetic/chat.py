@@ -37,8 +37,10 @@ def _turns(rng: Rng, rounds: int, with_image: bool) -> list[dict]:
         if r == 0 and with_image:
             # LLaVA puts the placeholder before or after the first question.
             question = f"<image>\n{question}" if rng.py.random() < 0.5 else f"{question}\n<image>"
-        turns += [{"from": "human", "value": question},
-                  {"from": "gpt", "value": rng.sentence(6, 20)}]
+        turns += [
+            {"from": "human", "value": question},
+            {"from": "gpt", "value": rng.sentence(6, 20)},
+        ]
     return turns
 
 
@@ -58,24 +60,26 @@ def _fault_records(rng: Rng, root: Path, pattern: str) -> list[tuple[str, object
     planted = [(r, with_image(f"bad_{r}", bad_image(rng.np, r))) for r in IMAGE_FAULTS]
     planted.append((REASON_IMAGE_MISSING, with_image("absent", None)))
     no_tag = with_image("no_tag", rng.image(0))
-    no_tag["conversations"][0]["value"] = no_tag["conversations"][0]["value"].replace(
-        "<image>", "")
+    no_tag["conversations"][0]["value"] = no_tag["conversations"][0]["value"].replace("<image>", "")
     extra_tag = {"id": "extra_tag", "conversations": _turns(rng, 1, True)}  # no image key
     bad_role = with_image("bad_role", rng.image(1))
     bad_role["conversations"][1]["from"] = "system"
     gpt_first = with_image("gpt_first", rng.image(2))
     gpt_first["conversations"].reverse()
     return planted + [
-        (REASON_PLACEHOLDER, no_tag), (REASON_PLACEHOLDER, extra_tag),
-        (REASON_BAD_ROLE, bad_role), (REASON_BAD_ROLE, gpt_first),
+        (REASON_PLACEHOLDER, no_tag),
+        (REASON_PLACEHOLDER, extra_tag),
+        (REASON_BAD_ROLE, bad_role),
+        (REASON_BAD_ROLE, gpt_first),
         (REASON_NO_TEXT, {"id": "empty", "conversations": []}),
         (REASON_MALFORMED, {"id": "no_conversations", "image": "x.jpg"}),
         (REASON_MALFORMED, ["not", "an", "object"]),
     ]
 
 
-def write_llava(out: Path, source: str, seed: int, faults: bool, rows: int = 12
-                ) -> tuple[SourceLayout, Truth]:
+def write_llava(
+    out: Path, source: str, seed: int, faults: bool, rows: int = 12
+) -> tuple[SourceLayout, Truth]:
     """Write a LLaVA JSON list and its image folder under `out/<source>/`.
 
     llava_instruct gets multi-turn conversations and every fourth one text-only (no image), as
@@ -97,12 +101,17 @@ def write_llava(out: Path, source: str, seed: int, faults: bool, rows: int = 12
     for i in range(rows):
         sample_id = f"{rng.py.randrange(10**9):09d}"
         with_image = source == "llava_pretrain" or i % 4 != 3
-        record = {"id": sample_id, "conversations": _turns(rng, rng.py.randint(1, rounds),
-                                                           with_image)}
+        record = {
+            "id": sample_id,
+            "conversations": _turns(rng, rng.py.randint(1, rounds), with_image),
+        }
         data = [rng.image(i)] if with_image else []
         if with_image:
-            record = {"id": sample_id, "image": pattern.format(shard=i // 8, id=sample_id),
-                      "conversations": record["conversations"]}
+            record = {
+                "id": sample_id,
+                "image": pattern.format(shard=i // 8, id=sample_id),
+                "conversations": record["conversations"],
+            }
             write_bytes(images / record["image"], data[0])
         _expect(truth, make_id(source, path.stem, i), record, data)
         records.append(record)

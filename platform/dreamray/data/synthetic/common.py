@@ -80,21 +80,36 @@ class Truth:
     rejects: dict[str, str] = field(default_factory=dict)
     bad_files: dict[str, str] = field(default_factory=dict)
 
-    def expect(self, rid: str, kind: str, texts: list[str], images: list[bytes],
-               image_after: list[int], roles: list[str] | None = None,
-               instruction: str | None = None) -> None:
+    def expect(
+        self,
+        rid: str,
+        kind: str,
+        texts: list[str],
+        images: list[bytes],
+        image_after: list[int],
+        roles: list[str] | None = None,
+        instruction: str | None = None,
+    ) -> None:
         """Record a row that must come out unchanged."""
         self.rows[rid] = {
-            "kind": kind, "texts": texts, "roles": roles or [], "instruction": instruction,
-            "image_sha256": [sha256(b) for b in images], "image_after": image_after,
+            "kind": kind,
+            "texts": texts,
+            "roles": roles or [],
+            "instruction": instruction,
+            "image_sha256": [sha256(b) for b in images],
+            "image_after": image_after,
         }
 
     def write(self, out: Path) -> Path:
         """Write `<out>/_truth/<source>.json` and return its path."""
         path = out / TRUTH_DIR / f"{self.source}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        body = {"source": self.source, "rows": self.rows, "rejects": self.rejects,
-                "bad_files": self.bad_files}
+        body = {
+            "source": self.source,
+            "rows": self.rows,
+            "rejects": self.rejects,
+            "bad_files": self.bad_files,
+        }
         path.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
         return path
 

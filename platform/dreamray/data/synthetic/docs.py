@@ -38,23 +38,38 @@ def _good_doc(rng: Rng, index: int, name_prefix: str = "") -> tuple[dict, list[b
     texts, matched = _document(rng, rng.py.randint(1, 3))
     images = [rng.image(index + k) for k in range(len(matched))]
     infos = [
-        {"image_name": name_prefix + rng.hex_name(), "matched_text_index": m,
-         "matched_sim": round(rng.py.uniform(0.2, 0.4), 4), "raw_url": "http://example.com/i"}
+        {
+            "image_name": name_prefix + rng.hex_name(),
+            "matched_text_index": m,
+            "matched_sim": round(rng.py.uniform(0.2, 0.4), 4),
+            "raw_url": "http://example.com/i",
+        }
         for m in matched
     ]
     sim = [[round(rng.py.uniform(0.1, 0.4), 4) for _ in texts] for _ in infos]
-    record = {"text_list": texts, "image_info": infos, "similarity_matrix": sim,
-              "url": f"http://example.com/doc/{index}", "could_have_url_duplicate": 0}
+    record = {
+        "text_list": texts,
+        "image_info": infos,
+        "similarity_matrix": sim,
+        "url": f"http://example.com/doc/{index}",
+        "could_have_url_duplicate": 0,
+    }
     return record, images
 
 
-def _expect_doc(truth: Truth, rid: str, record: dict, images: list[bytes],
-                instruction: str | None = None) -> None:
+def _expect_doc(
+    truth: Truth, rid: str, record: dict, images: list[bytes], instruction: str | None = None
+) -> None:
     """Expected row: images sorted (stably) by matched_text_index."""
     order = sorted(range(len(images)), key=lambda k: record["image_info"][k]["matched_text_index"])
-    truth.expect(rid, KIND_DOCUMENT, record["text_list"], [images[k] for k in order],
-                 [record["image_info"][k]["matched_text_index"] for k in order],
-                 instruction=instruction)
+    truth.expect(
+        rid,
+        KIND_DOCUMENT,
+        record["text_list"],
+        [images[k] for k in order],
+        [record["image_info"][k]["matched_text_index"] for k in order],
+        instruction=instruction,
+    )
 
 
 def _fault_docs(rng: Rng, images_dir: Path, prefix: str = "") -> list[tuple[str, dict | str]]:
@@ -76,13 +91,18 @@ def _fault_docs(rng: Rng, images_dir: Path, prefix: str = "") -> list[tuple[str,
     no_text["text_list"], blank["text_list"] = [], ["  ", "\n"]
     out_of_range["image_info"][0]["matched_text_index"] = len(out_of_range["text_list"])
     no_info = {"text_list": [rng.sentence()], "url": "http://example.com/x"}
-    return faults + [(REASON_NO_TEXT, no_text), (REASON_NO_TEXT, blank),
-                     (REASON_INDEX_RANGE, out_of_range), (REASON_MALFORMED, no_info),
-                     (REASON_MALFORMED, '{"text_list": ["cut')]
+    return faults + [
+        (REASON_NO_TEXT, no_text),
+        (REASON_NO_TEXT, blank),
+        (REASON_INDEX_RANGE, out_of_range),
+        (REASON_MALFORMED, no_info),
+        (REASON_MALFORMED, '{"text_list": ["cut'),
+    ]
 
 
-def _write_jsonl(rng: Rng, path: Path, images_dir: Path, docs: int, faults: bool,
-                 truth: Truth) -> None:
+def _write_jsonl(
+    rng: Rng, path: Path, images_dir: Path, docs: int, faults: bool, truth: Truth
+) -> None:
     lines = []
     for i in range(docs):
         record, images = _good_doc(rng, i)
@@ -132,8 +152,9 @@ def _tar_faults(rng: Rng, tar: tarfile.TarFile, stem: str, inline: bool, truth: 
     truth.rejects[make_id(truth.source, stem, f"{stem}bad1")] = REASON_MALFORMED
 
 
-def write_mmc4(out: Path, seed: int, faults: bool, shards: int = 2, docs: int = 6
-               ) -> tuple[SourceLayout, Truth]:
+def write_mmc4(
+    out: Path, seed: int, faults: bool, shards: int = 2, docs: int = 6
+) -> tuple[SourceLayout, Truth]:
     """Write `mmc4_core/docs_shard_N_v2.jsonl` + `images/`, and `tars/0000N.tar`.
 
     Args:
@@ -159,8 +180,9 @@ def write_mmc4(out: Path, seed: int, faults: bool, shards: int = 2, docs: int = 
     return SourceLayout(source, "mmc4", inputs, images), truth
 
 
-def write_instruct_mmc4(out: Path, seed: int, faults: bool, docs: int = 8
-                        ) -> tuple[SourceLayout, Truth]:
+def write_instruct_mmc4(
+    out: Path, seed: int, faults: bool, docs: int = 8
+) -> tuple[SourceLayout, Truth]:
     """Write `instruct_mmc4/instruct_mmc4.json` + `mmc4-core-raw/` images.
 
     Args:
@@ -185,9 +207,11 @@ def write_instruct_mmc4(out: Path, seed: int, faults: bool, docs: int = 8
         records.append(record)
     if faults:
         planted = [(REASON_EMPTY_INSTRUCTION, {**_good_doc(rng, 0)[0], "instruction": " "})]
-        planted += [(reason, {"instruction": "Describe.", **record})
-                    for reason, record in _fault_docs(rng, images, "999/")
-                    if isinstance(record, dict)]  # a JSON list has no raw broken lines
+        planted += [
+            (reason, {"instruction": "Describe.", **record})
+            for reason, record in _fault_docs(rng, images, "999/")
+            if isinstance(record, dict)
+        ]  # a JSON list has no raw broken lines
         for reason, record in planted:
             truth.rejects[make_id(source, path.stem, len(records))] = reason
             records.append(record)

@@ -37,13 +37,26 @@ def _size(data: bytes) -> tuple[int, int]:
         return im.size
 
 
-def _i2d_row(key: str, caption: str | None, image: bytes | None, status: str, sim: float,
-             measure: bool = True):
+def _i2d_row(
+    key: str,
+    caption: str | None,
+    image: bytes | None,
+    status: str,
+    sim: float,
+    measure: bool = True,
+):
     width, height = _size(image) if measure and status == "success" else (None, None)
     return {
-        "key": key, "jpg": image, "txt": caption, "url": f"http://example.com/{key}.jpg",
-        "width": width, "height": height, "original_width": width, "original_height": height,
-        "status": status, "error_message": None if status == "success" else "HTTP 404",
+        "key": key,
+        "jpg": image,
+        "txt": caption,
+        "url": f"http://example.com/{key}.jpg",
+        "width": width,
+        "height": height,
+        "original_width": width,
+        "original_height": height,
+        "status": status,
+        "error_message": None if status == "success" else "HTTP 404",
         "similarity": sim,
     }
 
@@ -85,8 +98,9 @@ def _write_table(rows: list[dict], path: Path, drop: tuple[str, ...] = ()) -> No
     pq.write_table(table.drop_columns(list(drop)), path, row_group_size=8)
 
 
-def write_img2dataset(out: Path, source: str, seed: int, faults: bool, shards: int = 2,
-                      rows_per_shard: int = 10) -> tuple[SourceLayout, Truth]:
+def write_img2dataset(
+    out: Path, source: str, seed: int, faults: bool, shards: int = 2, rows_per_shard: int = 10
+) -> tuple[SourceLayout, Truth]:
     """Write img2dataset-style parquet shards (`NNNNN.parquet` + `NNNNN_stats.json`).
 
     With faults, shard 1 gets bad rows appended, shard 2 is a truncated parquet file and shard 3
@@ -134,10 +148,15 @@ JDB_ANNOTATION = "train_anno_realease_repath.jsonl"
 
 
 def _jdb_record(rng: Rng, img_path: str, caption: str | None) -> dict:
-    task2 = {"Caption": caption, "Question": ["What is shown?"], "Options": [["A", "B"]],
-             "Answer": ["A"]}
+    task2 = {
+        "Caption": caption,
+        "Question": ["What is shown?"],
+        "Options": [["A", "B"]],
+        "Answer": ["A"],
+    }
     return {
-        "img_path": img_path, "url": f"https://cdn.example.com/{img_path[2:]}",
+        "img_path": img_path,
+        "url": f"https://cdn.example.com/{img_path[2:]}",
         "prompt": rng.sentence() + " --ar 3:2 --v 5",
         "Task1": {"Style": ["photo"], "Content": ["scene"], "Atmosphere": "calm"},
         "Task2": task2 if caption is not None else None,
@@ -166,8 +185,9 @@ def write_journeydb(
         img_path, image, caption = f"./{i // 8:03d}/{rng.hex_name()}", rng.image(i), rng.sentence()
         write_bytes(images / img_path, image)
         lines.append(json.dumps(_jdb_record(rng, img_path, caption)))
-        truth.expect(make_id(source, Path(JDB_ANNOTATION).stem, i), KIND_PAIR, [caption], [image],
-                     [0])
+        truth.expect(
+            make_id(source, Path(JDB_ANNOTATION).stem, i), KIND_PAIR, [caption], [image], [0]
+        )
     if faults:
         lines += _jdb_faults(rng, images, truth, len(lines))
     (root / JDB_ANNOTATION).write_text("\n".join(lines) + "\n")

@@ -12,12 +12,18 @@ from dreamray.data.synthetic.common import sha256
 
 def _row_problems(rid: str, row: dict, want: dict) -> list[str]:
     got = {
-        "kind": row["kind"], "texts": row["texts"], "roles": row["roles"],
-        "instruction": row["instruction"], "image_after": row["image_after"],
+        "kind": row["kind"],
+        "texts": row["texts"],
+        "roles": row["roles"],
+        "instruction": row["instruction"],
+        "image_after": row["image_after"],
         "image_sha256": [sha256(b) for b in row["images"]],
     }
-    return [f"{rid}: {key} differs: {got[key]!r} != {want[key]!r}"
-            for key in got if got[key] != want[key]]
+    return [
+        f"{rid}: {key} differs: {got[key]!r} != {want[key]!r}"
+        for key in got
+        if got[key] != want[key]
+    ]
 
 
 def compare_with_truth(shard_dir: str | Path, truth: dict) -> list[str]:

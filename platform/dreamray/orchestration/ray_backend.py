@@ -78,8 +78,17 @@ class RayBackend:
                                available=dict(ray.available_resources()))
 
     def submit(self, name: str, executor: Executor, stage: Any, task: StageTask) -> Any:
-        """Start the stage's Ray task."""
-        return stage_task.options(name=f"dreamray-stage:{name}").remote(executor, stage, task)
+        """Start the stage's Ray task.
+
+        Its runtime env (inherited by the Train controller and workers it starts; env vars
+        merge with the job's) pins RAY_ADDRESS to this cluster: Train V2's placement-group
+        cleaner calls the state API without an address, which fails on a machine running
+        several Ray clusters; and it turns on Train state tracking for the dashboard.
+        """
+        env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+               "RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}
+        return stage_task.options(name=f"dreamray-stage:{name}",
+                                  runtime_env={"env_vars": env}).remote(executor, stage, task)
 
     def wait(self, handles: Sequence[Any], timeout: float) -> list[Any]:
         """Finished object refs."""

@@ -22,7 +22,7 @@ Q = 4  # dream queries in these tests
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_zoo):
-    from dreamray.data.pipeline import load_stage_tokenizer
+    from dreamray.data.sequence import load_stage_tokenizer
 
     return load_stage_tokenizer(str(tiny_zoo.llm))
 

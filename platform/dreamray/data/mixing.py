@@ -169,8 +169,9 @@ def index_source(name: str, path: str | Path) -> SourceIndex:
         raise FileNotFoundError(f"source {name!r}: no *.parquet under {path}")
     g_file, g_index, g_rows = [], [], []
     for i, f in enumerate(files):
-        meta = pq.ParquetFile(f).metadata
-        missing = [c for c in REQUIRED_COLUMNS if c not in meta.schema.names]
+        parquet = pq.ParquetFile(f)
+        meta = parquet.metadata
+        missing = [c for c in REQUIRED_COLUMNS if c not in parquet.schema_arrow.names]
         if missing:
             raise ValueError(f"source {name!r}: {f} lacks columns {missing}")
         for g in range(meta.num_row_groups):

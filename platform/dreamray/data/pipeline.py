@@ -5,7 +5,7 @@ Driver side::
     ds = build_stage_dataset(stage, tokenizer_dir, resume=load_data_state(ckpt_dir))
     TorchTrainer(..., datasets={"train": ds})   # Ray Train streaming_splits it to the workers
 
-Worker side::
+Worker side (`dreamray.data.batches`)::
 
     spec = make_collate_spec(stage, tokenizer_dir)
     progress = DataProgress(stage_fingerprint(stage.data), resume=<merged state or None>, rank)
@@ -33,8 +33,6 @@ import functools
 import hashlib
 import json
 import math
-from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -42,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dreamray.config.specs import DataSpec, TrainStageSpec
-from dreamray.data.collate import CollateSpec, collate, make_record, skipped_record
+from dreamray.data.collate import make_record, skipped_record
 from dreamray.data.mixing import (
     REQUIRED_COLUMNS,
     DrawCounter,
@@ -51,8 +49,14 @@ from dreamray.data.mixing import (
     index_source,
     locate_draws,
 )
-from dreamray.data.progress import BatchInfo, DataProgress, DataState, RangeSet
-from dreamray.data.sequence import SKIP_IMAGE, SequenceBuilder, SequenceLayout, SkipSample
+from dreamray.data.progress import DataState, RangeSet
+from dreamray.data.sequence import (
+    SKIP_IMAGE,
+    SequenceBuilder,
+    SequenceLayout,
+    SkipSample,
+    load_stage_tokenizer,
+)
 
 DEFAULT_CHUNK_SIZE = 32  # positions per map call: ~1 s of decoding at 512 px, small blocks
 _MAX_PLAN_BLOCKS = 4096
@@ -75,28 +79,6 @@ RECORD_SCHEMA = pa.schema(
 )
 
 
-class DataExhaustedError(RuntimeError):
-    """A worker's shard ended before it delivered the micro-batches it was asked for."""
-
-
-def load_stage_tokenizer(tokenizer_dir: str) -> Any:
-    """Load a tokenizer and add DreamLLM's special tokens when they are missing.
-
-    Args:
-        tokenizer_dir: a dir with HF tokenizer files (the base LLM's or a stage artifact's).
-
-    Returns:
-        The tokenizer (token ids are deterministic: the add order is fixed).
-    """
-    from transformers import AutoTokenizer
-
-    from dreamray.model.tokens import add_dreamllm_tokens
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    add_dreamllm_tokens(tokenizer)
-    return tokenizer
-
-
 def stage_fingerprint(data: DataSpec, sources: list[SourceIndex] | None = None) -> str:
     """Identity of a stage's stream: same fingerprint, same sample at every position.
 
@@ -107,7 +89,7 @@ def stage_fingerprint(data: DataSpec, sources: list[SourceIndex] | None = None) 
     Returns:
         A short hex digest.
     """
-    sources = sources if sources is not None else _index_sources(data)
+    sources = sources if sources is not None else index_sources(data)
     ident = {
         "seed": data.seed,
         "sources": [
@@ -132,7 +114,15 @@ def plan_length(data: DataSpec, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
     return math.ceil(data.num_samples / (1.0 - skip)) + max(64, 2 * chunk_size)
 
 
-def _index_sources(data: DataSpec) -> list[SourceIndex]:
+def index_sources(data: DataSpec) -> list[SourceIndex]:
+    """Index every source of a data spec (parquet footers only).
+
+    Args:
+        data: the data spec.
+
+    Returns:
+        One `SourceIndex` per source, in spec order.
+    """
     return [index_source(s.name, s.path) for s in data.sources]
 
 
@@ -186,6 +176,28 @@ class StagePlan:
             ]
         )
 
+    def rows(self, chunk: int) -> list[tuple[int, str, dict]]:
+        """(position, source name, unified row) of every not-yet-consumed position of a chunk.
+
+        Args:
+            chunk: chunk number (0 = the resume point).
+
+        Returns:
+            The rows in position order (images still encoded).
+        """
+        lo, hi = self.positions(chunk)
+        src, draws = self.schedule.draws(lo, hi, self.counter.at(lo))
+        rows: list[tuple[int, str, dict] | None] = [None] * (hi - lo)
+        for s, index in enumerate(self.sources):
+            (where,) = np.nonzero(src == s)
+            if not len(where):
+                continue
+            groups, offsets = locate_draws(index, draws[where], self.seed)
+            for i, g, r in zip(where, groups, offsets, strict=True):
+                table = _read_group(index.files[index.group_file[g]], int(index.group_index[g]))
+                rows[i] = (lo + int(i), index.name, table.slice(int(r), 1).to_pylist()[0])
+        return [row for row in rows if row is not None and row[0] not in self.done]
+
 
 _WORKERS: dict[str, tuple[SequenceBuilder, Any]] = {}
 
@@ -211,22 +223,6 @@ def _worker(plan: StagePlan) -> tuple[SequenceBuilder, Any]:
 def _read_group(path: str, group: int) -> pa.Table:
     # column pruning: image_sim and source are never read
     return pq.ParquetFile(path).read_row_group(group, columns=list(REQUIRED_COLUMNS))
-
-
-def _chunk_rows(plan: StagePlan, chunk: int) -> list[tuple[int, str, dict]]:
-    """(position, source name, unified row) of every not-yet-consumed position of a chunk."""
-    lo, hi = plan.positions(chunk)
-    src, draws = plan.schedule.draws(lo, hi, plan.counter.at(lo))
-    rows: list[tuple[int, str, dict] | None] = [None] * (hi - lo)
-    for s, index in enumerate(plan.sources):
-        (where,) = np.nonzero(src == s)
-        if not len(where):
-            continue
-        groups, offsets = locate_draws(index, draws[where], plan.seed)
-        for i, g, r in zip(where, groups, offsets, strict=True):
-            table = _read_group(index.files[index.group_file[g]], int(index.group_index[g]))
-            rows[i] = (lo + int(i), index.name, table.slice(int(r), 1).to_pylist()[0])
-    return [row for row in rows if row is not None and row[0] not in plan.done]
 
 
 def build_record(
@@ -273,7 +269,7 @@ def build_chunks(batch: dict[str, np.ndarray], plan: StagePlan) -> pa.Table:
     records = [
         build_record(builder, transforms, position, source, row)
         for chunk in batch["id"]
-        for position, source, row in _chunk_rows(plan, int(chunk))
+        for position, source, row in plan.rows(int(chunk))
     ]
     return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
 
@@ -283,6 +279,7 @@ def build_stage_dataset(
     tokenizer_dir: str,
     resume: DataState | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    concurrency: int | None = None,
 ) -> Any:
     """The stage's training dataset (lazy; nothing runs until it is iterated).
 
@@ -292,6 +289,8 @@ def build_stage_dataset(
         resume: the merged data state of the checkpoint being resumed (`load_data_state`);
             its consumed positions are left out. None: start from position 0.
         chunk_size: positions per map call.
+        concurrency: most map tasks at once (None: as many as there are free CPUs). Each new
+            worker process pays ~5 s importing torch and transformers once.
 
     Returns:
         A `ray.data.Dataset` of records (`dreamray.data.collate` RECORD_FIELDS).
@@ -302,7 +301,7 @@ def build_stage_dataset(
     """
     import ray.data
 
-    sources = _index_sources(stage.data)
+    sources = index_sources(stage.data)
     plan = StagePlan(stage, tokenizer_dir, sources, resume, chunk_size)
     if resume is not None and resume.fingerprint != plan.fingerprint:
         raise ValueError(
@@ -314,96 +313,9 @@ def build_stage_dataset(
     # deterministic record order for a seed; the resume bookkeeping does not rely on it
     ds.context.execution_options.preserve_order = True
     return ds.map_batches(
-        build_chunks, fn_kwargs={"plan": plan}, batch_size=1, batch_format="numpy"
+        build_chunks,
+        fn_kwargs={"plan": plan},
+        batch_size=1,
+        batch_format="numpy",
+        concurrency=concurrency,
     )
-
-
-def make_collate_spec(stage: TrainStageSpec, tokenizer_dir: str) -> CollateSpec:
-    """The collator's settings for a stage.
-
-    Args:
-        stage: the train stage spec.
-        tokenizer_dir: the tokenizer dir passed to `build_stage_dataset`.
-
-    Returns:
-        Pad id and image shapes.
-    """
-    from dreamray.data.transforms import ImageTransforms
-
-    tokenizer = load_stage_tokenizer(tokenizer_dir)
-    transforms = ImageTransforms(stage.model.vision_path, stage.model.diffusion_path, False, 0)
-    return CollateSpec(tokenizer.pad_token_id, transforms.clip_shape, transforms.sd_size)
-
-
-def _records(shard: Any, batch_size: int, prefetch_batches: int) -> Iterator[dict[str, Any]]:
-    for batch in shard.iter_batches(
-        batch_size=batch_size, batch_format="numpy", prefetch_batches=prefetch_batches
-    ):
-        keys = list(batch)
-        for i in range(len(batch["position"])):
-            yield {k: batch[k][i] for k in keys}
-
-
-def _batch_info(records: list[dict], skipped: list[dict]) -> BatchInfo:
-    return BatchInfo(
-        positions=[int(r["position"]) for r in records],
-        sample_ids=[str(r["id"]) for r in records],
-        sources=[str(r["source"]) for r in records],
-        num_clip_images=sum(int(r["n_clip"]) for r in records),
-        num_sd_images=sum(int(r["n_sd"]) for r in records),
-        num_tokens=sum(int(r["num_tokens"]) for r in records),
-        images_dropped=sum(int(r["images_dropped"]) for r in records),
-        skipped=dict(Counter(str(r["skip_reason"]) for r in skipped)),
-        skipped_positions=[int(r["position"]) for r in skipped],
-    )
-
-
-def iter_train_batches(
-    shard: Any,
-    spec: CollateSpec,
-    micro_batch_size: int,
-    num_batches: int | None,
-    progress: DataProgress | None,
-    prefetch_batches: int = 2,
-) -> Iterator[tuple[dict, BatchInfo]]:
-    """Micro-batches of a worker's shard, with their accounting.
-
-    Args:
-        shard: `ray.train.get_dataset_shard(...)` or one `streaming_split` iterator.
-        spec: `make_collate_spec(...)`.
-        micro_batch_size: trainable samples per batch.
-        num_batches: batches to deliver, then stop (same on every rank: lock step). None:
-            until the shard ends, the last batch possibly smaller.
-        progress: updated as each batch is handed out (None: no bookkeeping).
-        prefetch_batches: Ray Data prefetching.
-
-    Yields:
-        (batch contract dict of tensors, BatchInfo); skipped samples consumed while filling a
-        batch are counted in its BatchInfo.
-
-    Raises:
-        DataExhaustedError: the shard ended before `num_batches` batches.
-    """
-    delivered, batch, skipped = 0, [], []
-    if num_batches == 0:
-        return
-    for record in _records(shard, micro_batch_size, prefetch_batches):
-        (skipped if record["skip_reason"] else batch).append(record)
-        if len(batch) == micro_batch_size:
-            info = _batch_info(batch, skipped)
-            if progress is not None:
-                progress.record(info)
-            yield collate(batch, spec), info
-            delivered, batch, skipped = delivered + 1, [], []
-            if delivered == num_batches:
-                return
-    if num_batches is not None:
-        raise DataExhaustedError(
-            f"shard ended after {delivered} of {num_batches} micro-batches: too many samples "
-            "skipped for the plan's surplus, or more batches asked for than data.num_samples"
-        )
-    info = _batch_info(batch, skipped)
-    if progress is not None:
-        progress.record(info)
-    if batch:
-        yield collate(batch, spec), info

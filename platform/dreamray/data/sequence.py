@@ -128,6 +128,24 @@ def stable_unit(*parts: object) -> float:
     return stable_key(*parts) / 2.0**64
 
 
+def load_stage_tokenizer(tokenizer_dir: str) -> Any:
+    """Load a tokenizer and add DreamLLM's special tokens when they are missing.
+
+    Args:
+        tokenizer_dir: a dir with HF tokenizer files (the base LLM's or a stage artifact's).
+
+    Returns:
+        The tokenizer (token ids are deterministic: the add order is fixed).
+    """
+    from transformers import AutoTokenizer
+
+    from dreamray.model.tokens import add_dreamllm_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    add_dreamllm_tokens(tokenizer)
+    return tokenizer
+
+
 class SequenceBuilder:
     """Builds token sequences for one stage (one tokenizer, layout, mode and seed)."""
 

@@ -1,0 +1,122 @@
+"""Worker side of the training data: a shard of records -> micro-batches + accounting.
+
+Runs inside `train_loop_per_worker`::
+
+    spec = make_collate_spec(stage, tokenizer_dir)
+    progress = DataProgress(fingerprint, resume=load_data_state(ckpt) or None, rank=rank)
+    shard = ray.train.get_dataset_shard("train")
+    num_batches = (stage.total_steps - steps_done) * stage.grad_accumulation_steps
+    for batch, info in iter_train_batches(shard, spec, micro_batch_size, num_batches, progress):
+        ...
+
+Every rank asks for the same number of micro-batches, so the ranks stay in lock step even
+when they skipped different numbers of samples; the plan's surplus positions
+(`pipeline.plan_length`) feed the difference. This module does not import Ray (the shard is
+passed in).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from dreamray.config.specs import TrainStageSpec
+from dreamray.data.collate import CollateSpec, collate
+from dreamray.data.progress import BatchInfo, DataProgress
+from dreamray.data.sequence import load_stage_tokenizer
+
+
+class DataExhaustedError(RuntimeError):
+    """A worker's shard ended before it delivered the micro-batches it was asked for."""
+
+
+def make_collate_spec(stage: TrainStageSpec, tokenizer_dir: str) -> CollateSpec:
+    """The collator's settings for a stage.
+
+    Args:
+        stage: the train stage spec.
+        tokenizer_dir: the tokenizer dir passed to `build_stage_dataset`.
+
+    Returns:
+        Pad id and image shapes.
+    """
+    from dreamray.data.transforms import ImageTransforms
+
+    tokenizer = load_stage_tokenizer(tokenizer_dir)
+    transforms = ImageTransforms(stage.model.vision_path, stage.model.diffusion_path, False, 0)
+    return CollateSpec(tokenizer.pad_token_id, transforms.clip_shape, transforms.sd_size)
+
+
+def _records(shard: Any, batch_size: int, prefetch_batches: int) -> Iterator[dict[str, Any]]:
+    for batch in shard.iter_batches(
+        batch_size=batch_size, batch_format="numpy", prefetch_batches=prefetch_batches
+    ):
+        keys = list(batch)
+        for i in range(len(batch["position"])):
+            yield {k: batch[k][i] for k in keys}
+
+
+def _batch_info(records: list[dict], skipped: list[dict]) -> BatchInfo:
+    return BatchInfo(
+        positions=[int(r["position"]) for r in records],
+        sample_ids=[str(r["id"]) for r in records],
+        sources=[str(r["source"]) for r in records],
+        num_clip_images=sum(int(r["n_clip"]) for r in records),
+        num_sd_images=sum(int(r["n_sd"]) for r in records),
+        num_tokens=sum(int(r["num_tokens"]) for r in records),
+        images_dropped=sum(int(r["images_dropped"]) for r in records),
+        skipped=dict(Counter(str(r["skip_reason"]) for r in skipped)),
+        skipped_positions=[int(r["position"]) for r in skipped],
+    )
+
+
+def iter_train_batches(
+    shard: Any,
+    spec: CollateSpec,
+    micro_batch_size: int,
+    num_batches: int | None,
+    progress: DataProgress | None,
+    prefetch_batches: int = 2,
+) -> Iterator[tuple[dict, BatchInfo]]:
+    """Micro-batches of a worker's shard, with their accounting.
+
+    Args:
+        shard: `ray.train.get_dataset_shard(...)` or one `streaming_split` iterator.
+        spec: `make_collate_spec(...)`.
+        micro_batch_size: trainable samples per batch.
+        num_batches: batches to deliver, then stop (same on every rank: lock step). None:
+            until the shard ends, the last batch possibly smaller.
+        progress: updated as each batch is handed out (None: no bookkeeping).
+        prefetch_batches: Ray Data prefetching.
+
+    Yields:
+        (batch contract dict of tensors, BatchInfo); skipped samples consumed while filling a
+        batch are counted in its BatchInfo.
+
+    Raises:
+        DataExhaustedError: the shard ended before `num_batches` batches.
+    """
+    delivered, batch, skipped = 0, [], []
+    if num_batches == 0:
+        return
+    for record in _records(shard, micro_batch_size, prefetch_batches):
+        (skipped if record["skip_reason"] else batch).append(record)
+        if len(batch) == micro_batch_size:
+            info = _batch_info(batch, skipped)
+            if progress is not None:
+                progress.record(info)
+            yield collate(batch, spec), info
+            delivered, batch, skipped = delivered + 1, [], []
+            if delivered == num_batches:
+                return
+    if num_batches is not None:
+        raise DataExhaustedError(
+            f"shard ended after {delivered} of {num_batches} micro-batches: too many samples "
+            "skipped for the plan's surplus, or more batches asked for than data.num_samples"
+        )
+    info = _batch_info(batch, skipped)
+    if progress is not None:
+        progress.record(info)
+    if batch:
+        yield collate(batch, spec), info

@@ -1,0 +1,100 @@
+"""Image transforms (every mode to RGB, SD crop/flip, CLIP processor) and the collator."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dreamray.data.collate import CollateSpec, collate, make_record, skipped_record
+from dreamray.data.transforms import ImageTransforms, decode_rgb, sd_pixels
+from dreamray.model.tokens import IGNORE_INDEX
+
+
+def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_decode_converts_every_mode_to_rgb():
+    transparent = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert decode_rgb(encode(transparent)).getpixel((0, 0)) == (255, 255, 255)
+    grey16 = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))
+    assert grey16.mode.startswith("I")
+    assert decode_rgb(encode(grey16)).getpixel((0, 0)) == (255, 255, 255)
+    half16 = Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16))
+    assert decode_rgb(encode(half16)).getpixel((0, 0)) == (128, 128, 128)
+    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))  # pure red
+    assert decode_rgb(encode(cmyk, "JPEG")).mode == "RGB"
+    for mode in ("L", "P", "1", "LA"):
+        assert decode_rgb(encode(Image.new(mode, (4, 4)))).mode == "RGB"
+
+
+def test_sd_pixels_resize_shorter_side_center_crop_and_flip():
+    arr = np.zeros((8, 16, 3), dtype=np.uint8)
+    arr[:, :8] = 255  # left half white
+    image = Image.fromarray(arr)
+    out = sd_pixels(image, 4, flip=False)
+    assert out.shape == (3, 4, 4) and out.dtype == np.uint8
+    assert out[0, 0, 0] == 255 and out[0, 0, -1] == 0  # crop kept the middle: white | black
+    flipped = sd_pixels(image, 4, flip=True)
+    np.testing.assert_array_equal(flipped, out[:, :, ::-1])
+
+
+def test_image_transforms_shapes_and_deterministic_flip(tiny_zoo):
+    t = ImageTransforms(tiny_zoo.vision, tiny_zoo.diffusion, random_flip=True, seed=3)
+    assert t.clip_shape == (3, 32, 32) and t.sd_size == 16
+    data = encode(Image.new("RGB", (40, 30), (10, 200, 30)), "JPEG")
+    clip, sd = t.sample_pixels("a/0/0", [data, data], clip=[0, 1], sd=[1])
+    assert clip.shape == (2, 3, 32, 32) and clip.dtype == np.float32
+    assert sd.shape == (1, 3, 16, 16) and sd.dtype == np.uint8
+    again = t.sample_pixels("a/0/0", [data, data], clip=[0, 1], sd=[1])
+    np.testing.assert_array_equal(again[1], sd)
+    empty_clip, empty_sd = t.sample_pixels("a/0/0", [data], clip=[], sd=[])
+    assert empty_clip.shape == (0, 3, 32, 32) and empty_sd.shape == (0, 3, 16, 16)
+    with pytest.raises(Exception):  # noqa: B017 - PIL's exception type varies by format
+        t.sample_pixels("a/0/1", [b"not an image"], clip=[0], sd=[])
+
+
+SPEC = CollateSpec(pad_id=7, clip_shape=(3, 2, 2), sd_size=2)
+
+
+def record(pos, ids, labels, n_clip, n_sd):
+    clip = np.full((n_clip, 3, 2, 2), pos, dtype=np.float32)
+    sd = np.full((n_sd, 3, 2, 2), 255 if pos % 2 else 0, dtype=np.uint8)
+    return make_record(pos, f"s/{pos}", "src", ids, labels, clip, sd, 0)
+
+
+def test_collate_pads_right_and_concatenates_images_in_sample_order():
+    recs = [record(1, [1, 5, 6], [-100, 5, 6], 1, 1), record(2, [1, 9], [-100, 9], 2, 0)]
+    batch = collate(recs, SPEC)
+    assert batch["input_ids"].tolist() == [[1, 5, 6], [1, 9, 7]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[-100, 5, 6], [-100, 9, IGNORE_INDEX]]
+    assert batch["input_ids"].dtype == torch.long
+    assert batch["clip_pixel_values"].shape == (3, 3, 2, 2)
+    assert batch["clip_pixel_values"][:, 0, 0, 0].tolist() == [1.0, 2.0, 2.0]
+    sd = batch["sd_pixel_values"]
+    assert sd.shape == (1, 3, 2, 2) and sd.dtype == torch.float32
+    assert sd.max().item() == 1.0  # uint8 255 -> 1.0
+
+
+def test_collate_without_images_gives_empty_image_tensors():
+    batch = collate([record(2, [1, 2], [-100, 2], 0, 0)], SPEC)
+    assert batch["clip_pixel_values"].shape == (0, 3, 2, 2)
+    assert batch["sd_pixel_values"].shape == (0, 3, 2, 2)
+    assert collate([record(2, [1], [-100], 0, 1)], SPEC)["sd_pixel_values"].min() == -1.0
+
+
+def test_collate_rejects_skipped_and_inconsistent_records():
+    with pytest.raises(ValueError, match="skipped"):
+        collate([skipped_record(0, "s/0", "src", "too_long")], SPEC)
+    bad = dict(record(1, [1], [1], 1, 0), n_clip=2)
+    with pytest.raises(ValueError, match="clip_pixels"):
+        collate([bad], SPEC)
+    with pytest.raises(ValueError, match="empty"):
+        collate([], SPEC)

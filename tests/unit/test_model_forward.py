@@ -150,3 +150,19 @@ def test_dream_block_embeds_match_a_spliced_drm_block(model):
         spliced = model.embed(ids, None)[:, 1:]
         fed = model.dream_block_embeds(1)
     assert torch.equal(spliced, fed)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_grads(tiny_zoo):
+    plain, ckpt = built_model(tiny_zoo), built_model(tiny_zoo, gradient_checkpointing=True)
+    assert ckpt.llm.model.gradient_checkpointing and not plain.llm.model.gradient_checkpointing
+    for model in (plain, ckpt):
+        model.train()
+        torch.manual_seed(5)
+        model(**make_batch(model, "mixed"), lm_weight=1.0, vm_weight=1.0).loss.backward()
+    torch.testing.assert_close(
+        plain.dream_embedding.dream_queries.grad, ckpt.dream_embedding.dream_queries.grad
+    )
+    torch.testing.assert_close(
+        plain.llm.model.layers[0].mlp.up_proj.weight.grad,
+        ckpt.llm.model.layers[0].mlp.up_proj.weight.grad,
+    )

@@ -320,9 +320,11 @@ class DreamLLM(nn.Module):
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute the LLM's decoder layers in backward (non-reentrant)."""
-        self.llm.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.llm, "activation_checkpointing_enable"):  # transformers >= 5's name
+            self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.llm.config.use_cache = False
 
     def save_pretrained(self, out_dir: str | Path, state_dict: dict | None = None) -> Path:

@@ -32,8 +32,15 @@ def write_inputs(root: Path, rows_per_file: int, side: int, seed: int) -> list[P
     """Write FILES img2dataset-style parquet shards of realistic JPEGs."""
     rng, paths = np.random.default_rng(seed), []
     for f in range(FILES):
-        rows = [{"key": f"{f:05d}{i:04d}", "jpg": realistic_jpeg(rng, side),
-                 "txt": f"a photo number {i}", "status": "success"} for i in range(rows_per_file)]
+        rows = [
+            {
+                "key": f"{f:05d}{i:04d}",
+                "jpg": realistic_jpeg(rng, side),
+                "txt": f"a photo number {i}",
+                "status": "success",
+            }
+            for i in range(rows_per_file)
+        ]
         paths.append(root / f"{f:05d}.parquet")
         pq.write_table(pa.Table.from_pylist(rows), paths[-1], row_group_size=32)
     return paths
@@ -42,8 +49,14 @@ def write_inputs(root: Path, rows_per_file: int, side: int, seed: int) -> list[P
 def convert_once(inputs: list[Path], out: Path, max_parallel: int | None) -> float:
     """Convert the inputs; return wall seconds."""
     shutil.rmtree(out, ignore_errors=True)
-    req = ConvertRequest("img2dataset", inputs, out, ReadContext(source="laion400m"),
-                         max_parallel=max_parallel, progress=False)
+    req = ConvertRequest(
+        "img2dataset",
+        inputs,
+        out,
+        ReadContext(source="laion400m"),
+        max_parallel=max_parallel,
+        progress=False,
+    )
     start = time.perf_counter()
     manifest = run_conversion(req)
     seconds = time.perf_counter() - start
@@ -71,9 +84,12 @@ def main() -> int:
             times["4 files in parallel"].append(convert_once(inputs, root / "out", None))
         rows = FILES * args.rows_per_file
         seq = statistics.median(times["one file at a time"])
-        print(f"\n{FILES} files x {args.rows_per_file} rows, {args.side} px JPEG, {mib:.1f} MiB; "
-              f"Ray num_cpus={int(ray.cluster_resources()['CPU'])}, machine cores "
-              f"{os.cpu_count()}, median of {args.repeats}")
+        print(
+            f"\n{FILES} files x {args.rows_per_file} rows, {args.side} px JPEG, {mib:.1f} MiB; "
+            f"Ray num_cpus={int(ray.cluster_resources()['CPU'])}, machine cores "
+            f"{os.cpu_count()} (1-min load avg {os.getloadavg()[0]:.1f}), "
+            f"median of {args.repeats}"
+        )
         print(f"| {'mode':<22} | {'wall s':>7} | {'rows/s':>7} | {'speed-up':>8} |")
         print(f"|{'-' * 24}|{'-' * 9}|{'-' * 9}|{'-' * 10}|")
         for mode, values in times.items():

@@ -3,6 +3,8 @@
 from dreamray.config.load import RecipeError, load_recipe, parse_overrides
 from dreamray.config.specs import (
     CheckpointSpec,
+    CocoFidParams,
+    CocoFidSpec,
     DataSourceSpec,
     DataSpec,
     DeepSpeedSpec,
@@ -19,10 +21,14 @@ from dreamray.config.specs import (
     ScalingSpec,
     StageSpec,
     TrainStageSpec,
+    VqaParams,
+    VqaSpec,
 )
 
 __all__ = [
     "CheckpointSpec",
+    "CocoFidParams",
+    "CocoFidSpec",
     "DataSourceSpec",
     "DataSpec",
     "DeepSpeedSpec",
@@ -40,6 +46,8 @@ __all__ = [
     "ScalingSpec",
     "StageSpec",
     "TrainStageSpec",
+    "VqaParams",
+    "VqaSpec",
     "load_recipe",
     "parse_overrides",
 ]

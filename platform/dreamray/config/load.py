@@ -202,8 +202,11 @@ def local_paths(recipe: RecipeSpec) -> Iterator[tuple[str, str]]:
             for field, value in stage.merge.model_dump().items():
                 if not is_stage_ref(value):
                     yield f"{key}.merge.{field}", value
-        elif not is_stage_ref(stage.eval.model):
-            yield f"{key}.eval.model", stage.eval.model
+        else:
+            if not is_stage_ref(stage.eval.model):
+                yield f"{key}.eval.model", stage.eval.model
+            for field, value in stage.eval.params.local_paths().items():
+                yield f"{key}.eval.params.{field}", value
 
 
 def resolve_paths(recipe: RecipeSpec) -> RecipeSpec:

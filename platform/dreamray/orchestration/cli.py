@@ -92,12 +92,13 @@ def stage_main(argv: list[str]) -> int:
         The process exit code; on success the last stdout line is the artifact dir.
     """
     args = build_stage_parser().parse_args(argv)
-    recipe = _load(args.recipe, args.overrides, check_paths=True)
-    if recipe is None:
-        return 2
-    if args.stage not in recipe.stages:
+    recipe = _load(args.recipe, args.overrides, check_paths=False)
+    if recipe is not None and args.stage not in recipe.stages:
         print(f"unknown stage {args.stage!r}; the recipe has {list(recipe.stages)}",
               file=sys.stderr)
+        return 2
+    recipe = recipe and _load(args.recipe, args.overrides, check_paths=True)
+    if recipe is None:
         return 2
     return _run(recipe, args.run_dir, [args.stage], args.address)
 
@@ -108,15 +109,17 @@ def _run(recipe: RecipeSpec, run_dir: str, targets: list[str] | None,
     import ray
 
     from dreamray.orchestration.executors import default_executors
-    from dreamray.orchestration.ledger import LedgerVersionError
+    from dreamray.orchestration.ledger import Ledger, LedgerVersionError
     from dreamray.orchestration.ray_backend import RayBackend
     from dreamray.orchestration.runner import DagRunner, PreflightError, RunFailed
-    from dreamray.orchestration.storage import StorageError
+    from dreamray.orchestration.storage import RunStorage, StorageError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=True)
     try:
+        # A run dir of another ledger version is refused before connecting to Ray.
+        Ledger.open(RunStorage(run_dir), recipe.name)
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=True)
         runner = DagRunner(recipe, run_dir, RayBackend(recipe.name), default_executors(),
                            targets=targets)
         summary = runner.run()

@@ -4,9 +4,13 @@ rejected with its reason, manifest accounting, file-level failures, options."""
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import tarfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -23,6 +27,7 @@ from dreamray.data.convert.writer import ShardOptions
 from dreamray.data.manifest import read_manifest, read_rejects, shard_paths
 from dreamray.data.schema import SOURCES, UNIFIED_SCHEMA
 from dreamray.data.synthetic import read_layouts, read_truth, write_source, write_synthetic
+from dreamray.data.synthetic.images import bad_image, make_image
 from dreamray.data.synthetic.verify import compare_with_truth
 
 
@@ -135,3 +140,34 @@ def test_cli_in_process(faulty, tmp_path, capsys):
            "--output", str(tmp_path / "bad"), "--no-ray", "--no-progress"]
     assert convert_main(bad) == 1
     assert "00002.parquet" in capsys.readouterr().err
+
+
+def _tar(path: Path, samples: dict[str, dict[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for key, members in samples.items():
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_img2dataset_webdataset_tar(tmp_path):
+    rng = np.random.default_rng(0)
+    good = make_image(rng, "rgb_jpeg")
+    meta = json.dumps({"status": "success", "similarity": 0.31}).encode()
+    _tar(tmp_path / "00000.tar", {
+        "000000000": {"jpg": good, "txt": b"a red car.", "json": meta},
+        "000000001": {"jpg": good, "txt": b" ", "json": meta},
+        "000000002": {"jpg": bad_image(rng, "image_truncated"), "txt": b"x"},
+        "000000003": {"txt": b"no image", "json": meta},
+        "000000004": {"jpg": good, "txt": b"y", "json": b'{"status": "failed_to_resize"}'},
+    })
+    (tmp_path / "00000.parquet").write_bytes(b"metadata only: ignored when tars exist")
+    req = ConvertRequest("img2dataset", [tmp_path], tmp_path / "out",
+                         ReadContext(source="laion400m"), use_ray=False, progress=False)
+    manifest = run_conversion(req)
+    assert manifest["rows_rejected"] == {"empty_caption": 1, "image_truncated": 1,
+                                         "image_missing": 1, "status_not_success": 1}
+    (row,) = pq.read_table(shard_paths(tmp_path / "out")[0]).to_pylist()
+    assert row["id"] == "laion400m/00000/000000000" and row["images"] == [good]
+    assert row["texts"] == ["a red car."] and row["image_sim"] == [pytest.approx(0.31)]

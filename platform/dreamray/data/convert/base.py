@@ -10,9 +10,10 @@ between (only with `drop_bad_images`). That one-item-per-row rule is what makes
 from __future__ import annotations
 
 import json
+import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from dreamray.data.images import MAX_IMAGE_PIXELS, check_image, read_image_file
 from dreamray.data.schema import (
@@ -344,3 +345,33 @@ def read_json_source(path: Path, ctx: ReadContext, convert: RecordConverter) -> 
             yield record
         else:
             yield from convert(rid, record, ctx)
+
+
+def iter_tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Group consecutive tar members into WebDataset samples.
+
+    Args:
+        path: the tar file.
+
+    Yields:
+        (sample key, {extension: bytes}); the key is the member path up to the first dot of
+        its file name, the extension the rest (`abc.jpg` for `doc1.abc.jpg`).
+
+    Raises:
+        tarfile.TarError: when the tar is unreadable or truncated (a file-level error).
+    """
+    key, members = None, {}
+    with tarfile.open(path, "r:*") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            name = PurePosixPath(info.name)
+            sample_key, _, ext = name.name.partition(".")
+            sample_key = str(name.parent / sample_key) if str(name.parent) != "." else sample_key
+            if sample_key != key and key is not None:
+                yield key, members
+                members = {}
+            key = sample_key
+            members[ext] = tar.extractfile(info).read()
+    if key is not None:
+        yield key, members

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -25,6 +24,7 @@ from dreamray.data.convert.base import (
     build_document,
     image_file_loader,
     iter_jsonl,
+    iter_tar_samples,
     parse_json_line,
 )
 from dreamray.data.schema import (
@@ -71,25 +71,6 @@ def read_jsonl(path: Path, ctx: ReadContext) -> Iterator[Item]:
             yield from build_document(rid, record, ctx, load)
 
 
-def _tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Group consecutive tar members by WebDataset sample key (name up to the first dot)."""
-    key, members = None, {}
-    with tarfile.open(path, "r:*") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            name = PurePosixPath(info.name)
-            sample_key, _, ext = name.name.partition(".")
-            sample_key = str(name.parent / sample_key) if str(name.parent) != "." else sample_key
-            if sample_key != key and key is not None:
-                yield key, members
-                members = {}
-            key = sample_key
-            members[ext] = tar.extractfile(info).read()
-    if key is not None:
-        yield key, members
-
-
 def _tar_loader(members: dict[str, bytes]):
     def load(info: dict) -> tuple[bytes | None, str | None]:
         inline = info.get("image_base64")
@@ -120,7 +101,7 @@ def read_tar(path: Path, ctx: ReadContext) -> Iterator[Item]:
     Yields:
         As `read_file`.
     """
-    for key, members in _tar_samples(path):
+    for key, members in iter_tar_samples(path):
         rid = make_id(ctx.source, path.stem, key)
         if "json" not in members:
             yield Reject(rid, REASON_MALFORMED, "sample has no json member")

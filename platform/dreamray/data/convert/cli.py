@@ -18,7 +18,7 @@ from dreamray.data.images import MAX_IMAGE_PIXELS
 
 HELP = {
     "mmc4": "MMC4 docs (.jsonl + --images, or WebDataset/OpenFlamingo .tar)",
-    "img2dataset": "img2dataset parquet shards (dirs or files)",
+    "img2dataset": "img2dataset parquet shards or webdataset tars (dirs or files)",
     "journeydb": "JourneyDB train_anno_realease_repath.jsonl + --images",
     "llava": "LLaVA json + --images",
     "instruct_mmc4": "InstructMMC4 json + --images",

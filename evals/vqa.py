@@ -27,6 +27,7 @@ from dreamray.evals.vqa_eval import (
     evalai_results,
     generate_answers,
     lookup_generator,
+    require_text_generation,
     score_predictions,
 )
 from dreamray.evals.vqa_prompts import PRESETS, answerable_check_prompt, vqa_prompt
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> object:
             for q in questions[: args.limit]
         ]
     if args.model:
+        require_text_generation()  # in the driver, before actors start
         factory = functools.partial(dreamllm_generator, args.model, args.num_beams)
     else:
         with open(args.answers_table) as f:

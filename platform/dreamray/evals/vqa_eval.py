@@ -200,17 +200,26 @@ def lookup_generator(table: dict[str, str], default: str = "") -> GeneratorFacto
     return functools.partial(functools.partial, _lookup, dict(table), default)
 
 
-def dreamllm_generator(model_dir: str, num_beams: int = 5, max_new_tokens: int = 1024) -> Generate:
-    """The generator factory for a DreamLLM artifact (load, then beam-search decode).
+def require_text_generation() -> None:
+    """Fail fast (in the driver, before any actor starts) when DreamLLM cannot decode text.
 
     Raises:
-        NotImplementedError: `dreamray.model.DreamLLM` has no text `generate` yet.
+        NotImplementedError: `dreamray.model.dreamllm.DreamLLM` has no `generate` yet.
     """
     from dreamray.model import dreamllm
 
     if not hasattr(dreamllm.DreamLLM, "generate"):
         raise NotImplementedError(
             "VQA answer generation needs DreamLLM.generate (text decoding with images), which "
-            f"dreamray.model does not provide yet; cannot evaluate {model_dir}"
+            "dreamray.model does not provide yet"
         )
-    raise NotImplementedError("DreamLLM.generate exists but is not hooked up to VQA yet")
+
+
+def dreamllm_generator(model_dir: str, num_beams: int = 5, max_new_tokens: int = 1024) -> Generate:
+    """The generator factory for a DreamLLM artifact (load, then beam-search decode).
+
+    Raises:
+        NotImplementedError: the model API is not there yet (`require_text_generation`).
+    """
+    require_text_generation()
+    raise NotImplementedError(f"DreamLLM.generate exists but is not hooked up to VQA: {model_dir}")

@@ -1,0 +1,120 @@
+"""The eval stage of a recipe: run a typed `EvalStageSpec` on a model artifact.
+
+`run_eval_stage` is what the orchestration's eval executor calls with the resolved model
+directory and the stage's output directory. Both tasks are resumable: VQA answers and generated
+images are kept in results stores under `out_dir`, keyed by question id / `<item>/seed<seed>`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from dreamray.config.specs import CocoFidParams, EvalStageSpec, ScalingSpec, VqaParams
+from dreamray.evals.pool import PoolOptions
+from dreamray.evals.results import ResultsStore, write_json_atomic
+
+
+def pool_options(scaling: ScalingSpec) -> PoolOptions:
+    """Actor pool options from an eval stage's `scaling` (one actor per worker)."""
+    return PoolOptions(
+        num_actors=scaling.num_workers,
+        num_cpus=scaling.cpus_per_worker,
+        num_gpus=scaling.gpus_per_worker if scaling.use_gpu else 0.0,
+    )
+
+
+def run_eval_stage(spec: EvalStageSpec, model_dir: str, out_dir: str) -> dict[str, Any]:
+    """Evaluate `model_dir` as the stage says; write `result.json` under `out_dir`.
+
+    Args:
+        spec: the validated eval stage.
+        model_dir: the artifact directory (`eval.model` resolved by the runner).
+        out_dir: the stage's output directory (results stores, manifest, result.json).
+
+    Returns:
+        The result (also written to `out_dir/result.json`).
+
+    Raises:
+        NotImplementedError: the model cannot generate yet (see the message).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if spec.eval.task == "vqa":
+        result = run_vqa(spec.eval.params, model_dir, out, pool_options(spec.scaling))
+    else:
+        result = run_coco_fid(spec.eval.params, model_dir, out, pool_options(spec.scaling))
+    write_json_atomic(out / "result.json", result)
+    return result
+
+
+def run_vqa(params: VqaParams, model_dir: str, out: Path, pool: PoolOptions) -> dict[str, Any]:
+    """Generate answers (resumable), then score a val split or write a test split's EvalAI file.
+
+    Raises:
+        NotImplementedError: DreamLLM has no text generation yet.
+    """
+    from dreamray.evals.vqa_data import load_questions
+    from dreamray.evals.vqa_eval import (
+        dreamllm_generator,
+        evalai_results,
+        generate_answers,
+        require_text_generation,
+        score_predictions,
+    )
+    from dreamray.evals.vqa_prompts import PRESETS
+
+    require_text_generation()
+    fmt = "omni" if params.omni_format else params.benchmark
+    questions = load_questions(fmt, params.questions, params.annotations)
+    factory = functools.partial(
+        dreamllm_generator, model_dir, params.num_beams, params.max_new_tokens
+    )
+    preset = PRESETS[params.prompt_preset()]
+    answers = generate_answers(
+        questions,
+        factory,
+        preset,
+        ResultsStore(out / "answers.jsonl"),
+        params.images,
+        batch_size=params.batch_size,
+        pool=pool,
+    )
+    card = {
+        "task": "vqa",
+        "model": model_dir,
+        **params.model_dump(),
+        "preset_texts": asdict(preset),
+    }
+    if params.split == "test":
+        write_json_atomic(out / "evalai_results.json", evalai_results(questions, answers, fmt))
+        return {"card": card, "evalai_results": str(out / "evalai_results.json")}
+    return {"card": card, **score_predictions(questions, answers, params.variant)}
+
+
+def run_coco_fid(
+    params: CocoFidParams, model_dir: str, out: Path, pool: PoolOptions
+) -> dict[str, Any]:
+    """Fix the caption manifest, generate every (caption, seed) image, re-rank, score.
+
+    Only the manifest exists so far: generation needs the model's text-to-image pipeline.
+
+    Raises:
+        NotImplementedError: always, after writing the manifest (generate-and-score is missing).
+    """
+    from dreamray.evals.captions import build_coco_manifest, read_manifest, write_manifest
+
+    path = out / "manifest.json"
+    manifest = build_coco_manifest(params.captions, params.num_samples, params.manifest_seed)
+    if path.is_file() and read_manifest(path).meta != json.loads(json.dumps(manifest.meta)):
+        raise ValueError(f"{path} was built from other captions or settings: use a new out_dir")
+    if not path.is_file():
+        write_manifest(path, manifest)
+    raise NotImplementedError(
+        f"coco_fid on {model_dir}: generate-and-score needs DreamLLM's text-to-image sampling "
+        f"(DDPM {params.num_inference_steps} steps, guidance {params.guidance_scale}), which "
+        f"dreamray.model does not provide yet; the caption manifest is at {path}"
+    )

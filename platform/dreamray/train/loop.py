@@ -78,9 +78,9 @@ class StepMetrics:
     samples_global: int
     nan_skipped: bool
 
-    def as_dict(self) -> dict[str, float]:
-        """Plain dict for reporting."""
-        return {k: float(v) for k, v in self.__dict__.items()}
+    def as_dict(self) -> dict[str, float | int | bool]:
+        """Plain dict for reporting (Ray metrics must not hold tensors)."""
+        return dict(self.__dict__)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from stage_toys import ToyTrainer
 
 from dreamray.config import load_recipe
 from dreamray.orchestration.backends import ThreadBackend
+from dreamray.orchestration.executors import run_eval
 from dreamray.orchestration.ledger import Ledger
 from dreamray.orchestration.merge import run_merge_stage
 from dreamray.orchestration.runner import DagRunner, PreflightError, RunFailed
@@ -21,7 +22,8 @@ STAGE_ONE = ("stage1_comprehension", "stage1_creation")
 
 def _run(run_dir, nodes=({"CPU": 4.0},), trainer=None, targets=None, **overrides):
     recipe = load_recipe(TINY, {"root": "/x", **overrides}, check_paths=False)
-    executors = {"train": trainer or ToyTrainer(step_s=0.1), "merge": run_merge_stage}
+    executors = {"train": trainer or ToyTrainer(step_s=0.1), "merge": run_merge_stage,
+                 "eval": run_eval}
     backend = ThreadBackend(list(nodes))
     try:
         return DagRunner(recipe, str(run_dir), backend, executors, targets=targets,
@@ -102,3 +104,34 @@ def test_one_stage_reads_its_inputs_from_the_run_dir(tmp_path):
                               "merge": "external", "stage2": "external", "sft": "done"}
     with pytest.raises(PreflightError, match="unknown stage 'nope'"):
         _run(tmp_path / "run", targets=["nope"])
+
+
+def test_eval_stage_runs_on_its_model_and_its_images_reach_the_report(tmp_path, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    import dreamray.evals.stage as eval_stage
+
+    seen = {}
+
+    def fake_eval(spec, model_dir, out_dir):  # stands in for generation, which needs a model
+        seen["model_dir"] = model_dir
+        for i in range(3):
+            buf = io.BytesIO()
+            Image.new("RGB", (8, 8), (80 * i, 0, 0)).save(buf, format="PNG")
+            (Path(out_dir) / f"sample{i}.png").write_bytes(buf.getvalue())
+        return {"accuracy": 0.5, "protocol": "official"}
+
+    monkeypatch.setattr(eval_stage, "run_eval_stage", fake_eval)
+    summary = _run(tmp_path / "run", **{
+        "stages.vqa.kind": "eval", "stages.vqa.needs": ["sft"],
+        "stages.vqa.eval.task": "vqa", "stages.vqa.eval.model": "stage:sft",
+        "stages.vqa.eval.params.benchmark": "vqav2",
+        "stages.vqa.eval.params.questions": "/x/q.json",
+        "stages.vqa.eval.params.images": "/x/images"})
+    assert summary.states["vqa"] == "done"
+    assert seen["model_dir"] == summary.artifact("sft")
+    assert summary.records["vqa"].metrics == {"accuracy": 0.5}
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "accuracy=0.5" in report and (tmp_path / "run" / "plots" / "vqa_grid.png").is_file()

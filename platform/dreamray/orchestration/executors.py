@@ -17,7 +17,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dreamray.config.specs import is_stage_ref
 from dreamray.orchestration.context import Executor, StageContext, StageOutcome
+from dreamray.orchestration.manifest import build_manifest, write_manifest
 from dreamray.orchestration.merge import run_merge_stage
 from dreamray.orchestration.storage import RunStorage
 
@@ -138,15 +140,34 @@ def _str_or_none(value: Any) -> str | None:
 
 
 def run_eval(stage: Any, ctx: StageContext) -> StageOutcome:
-    """The eval executor (not wired yet: evals land in a later issue).
+    """The eval executor: `dreamray.evals.stage.run_eval_stage` on the model artifact.
 
-    Raises:
-        NotImplementedError: always, naming the stage.
+    The eval writes into the artifact dir itself (not a temp dir): its results stores are keyed
+    by item, so a re-run after a failure resumes where it stopped; stage.json is written last,
+    over everything the eval left there.
+
+    Args:
+        stage: an EvalStageSpec.
+        ctx: `inputs` holds the model artifact when `eval.model` is `stage:<name>`.
+
+    Returns:
+        The outcome; `metrics` are the result's numeric top-level values.
     """
-    raise NotImplementedError(
-        f"stage {ctx.name!r}: eval stages ({stage.eval.task}) are not wired into the runner "
-        "yet; run the eval CLI under evals/ on the artifact instead"
-    )
+    from dreamray.evals.stage import run_eval_stage
+
+    started = time.time()
+    source = stage.eval.model
+    model_dir = ctx.inputs[source.split(":", 1)[1]] if is_stage_ref(source) else source
+    Path(ctx.artifact_dir).mkdir(parents=True, exist_ok=True)
+    result = run_eval_stage(stage, model_dir, ctx.artifact_dir)
+    metrics = {k: v for k, v in result.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    write_manifest(ctx.artifact_dir, build_manifest(
+        ctx.artifact_dir, stage=ctx.name, kind="eval", spec_hash=ctx.spec_hash,
+        identity=ctx.identity, inputs=dict(ctx.input_digests), steps=0, samples=0,
+        metrics=metrics))
+    return StageOutcome(artifact_dir=ctx.artifact_dir, metrics=metrics, started_at=started,
+                        ended_at=time.time())
 
 
 def default_executors() -> Mapping[str, Executor]:

@@ -82,7 +82,8 @@ def timeline(records: Mapping[str, StageRecord | None]) -> list[str]:
     if not timed:
         return []
     t0 = min(r.started_at for r in timed.values())  # type: ignore[type-var]
-    lines = ["## Timeline", "", "| stage | start (s) | end (s) | node |", "|---|---|---|---|"]
+    lines = ["## Timeline", "", "| stage | start (s) | end (s) | stage task node |",
+             "|---|---|---|---|"]
     for name, r in timed.items():
         lines.append(f"| {name} | {r.started_at - t0:.1f} | {r.ended_at - t0:.1f} | "
                      f"{(r.node_id or '')[:12]} |")

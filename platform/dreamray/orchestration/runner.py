@@ -26,7 +26,7 @@ from dreamray.config.specs import is_stage_ref
 from dreamray.orchestration.backends import Backend
 from dreamray.orchestration.context import Executor, StageContext
 from dreamray.orchestration.dag import DagState
-from dreamray.orchestration.executors import StageTask, run_eval
+from dreamray.orchestration.executors import StageTask
 from dreamray.orchestration.identity import spec_hash, stage_identities, stage_key
 from dreamray.orchestration.ledger import (
     Decision,
@@ -190,9 +190,8 @@ class DagRunner:
                     and stage.init.llm.split(":", 1)[1] in merges:
                 problems.append(f"stages.{name}.init.llm: a merge artifact carries no LLM "
                                 "weights (only plugins, config and tokenizer); use base")
-            executor = self.executors.get(stage.kind)
-            if executor is None or executor is run_eval:
-                problems.append(f"stages.{name}: no executor for {stage.kind} stages yet")
+            if stage.kind not in self.executors:
+                problems.append(f"stages.{name}: no executor for {stage.kind} stages")
         return problems
 
     def _resource_problems(self) -> list[str]:

@@ -50,7 +50,7 @@ def test_image_transforms_shapes_and_deterministic_flip(tiny_zoo):
     assert t.clip_shape == (3, 32, 32) and t.sd_size == 16
     data = encode(Image.new("RGB", (40, 30), (10, 200, 30)), "JPEG")
     clip, sd = t.sample_pixels("a/0/0", [data, data], clip=[0, 1], sd=[1])
-    assert clip.shape == (2, 3, 32, 32) and clip.dtype == np.float32
+    assert clip.shape == (2, 3, 32, 32) and clip.dtype == np.uint8
     assert sd.shape == (1, 3, 16, 16) and sd.dtype == np.uint8
     again = t.sample_pixels("a/0/0", [data, data], clip=[0, 1], sd=[1])
     np.testing.assert_array_equal(again[1], sd)
@@ -60,11 +60,45 @@ def test_image_transforms_shapes_and_deterministic_flip(tiny_zoo):
         t.sample_pixels("a/0/1", [b"not an image"], clip=[0], sd=[])
 
 
-SPEC = CollateSpec(pad_id=7, clip_shape=(3, 2, 2), sd_size=2)
+def test_collated_clip_pixels_equal_the_clip_processor_output(tiny_zoo):
+    from dreamray.config.specs import TrainStageSpec
+    from dreamray.data.batches import make_collate_spec
+
+    t = ImageTransforms(tiny_zoo.vision, tiny_zoo.diffusion, random_flip=False, seed=0)
+    rng = np.random.default_rng(0)
+    data = [encode(Image.fromarray(rng.integers(0, 255, (37, 50, 3), dtype=np.uint8)))]
+    clip, sd = t.sample_pixels("a/0/0", data, clip=[0], sd=[0])
+    record = make_record(0, "a/0/0", "src", [1, 2], [1, 2], clip, sd, 0)
+    paths = {
+        "llm_path": str(tiny_zoo.llm),
+        "vision_path": str(tiny_zoo.vision),
+        "diffusion_path": str(tiny_zoo.diffusion),
+    }
+    stage = TrainStageSpec.model_validate(
+        {
+            "model": paths,
+            "trainable": ["llm"],
+            "optim": {"lr": 1.0},
+            "loss": {"lm": 1.0, "vm": 0.0},
+            "deepspeed": {"global_batch_size": 1, "micro_batch_per_gpu": 1},
+            "data": {
+                "sources": [{"name": "a", "path": "a", "weight": 1.0}],
+                "mode": "joint",
+                "num_samples": 1,
+            },
+        }
+    )
+    spec = make_collate_spec(stage, str(tiny_zoo.llm))
+    batch = collate([record], spec)
+    expected = t.clip_processor(images=[decode_rgb(data[0])], return_tensors="pt")
+    torch.testing.assert_close(batch["clip_pixel_values"], expected["pixel_values"])
+
+
+SPEC = CollateSpec(7, (3, 2, 2), 2, clip_rescale=1.0, clip_mean=(0.0,) * 3, clip_std=(1.0,) * 3)
 
 
 def record(pos, ids, labels, n_clip, n_sd):
-    clip = np.full((n_clip, 3, 2, 2), pos, dtype=np.float32)
+    clip = np.full((n_clip, 3, 2, 2), pos, dtype=np.uint8)
     sd = np.full((n_sd, 3, 2, 2), 255 if pos % 2 else 0, dtype=np.uint8)
     return make_record(pos, f"s/{pos}", "src", ids, labels, clip, sd, 0)
 

@@ -140,3 +140,17 @@ def test_skip_fraction_check():
     check_skip_fraction(early, 0.05, final=False)  # too few to judge mid-run
     with pytest.raises(DataSkipError):
         check_skip_fraction(early, 0.05, final=True)
+
+
+def test_pure_data_modules_import_neither_ray_nor_deepspeed():
+    import subprocess
+    import sys
+
+    modules = ["sequence", "collate", "transforms", "mixing", "progress", "batches"]
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module('dreamray.data.' + m)\n"
+        "print([m for m in ('ray', 'deepspeed') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

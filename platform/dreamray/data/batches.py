@@ -39,13 +39,16 @@ def make_collate_spec(stage: TrainStageSpec, tokenizer_dir: str) -> CollateSpec:
         tokenizer_dir: the tokenizer dir passed to `build_stage_dataset`.
 
     Returns:
-        Pad id and image shapes.
+        Pad id, image shapes and the CLIP processor's rescale / normalisation.
     """
     from dreamray.data.transforms import ImageTransforms
 
     tokenizer = load_stage_tokenizer(tokenizer_dir)
     transforms = ImageTransforms(stage.model.vision_path, stage.model.diffusion_path, False, 0)
-    return CollateSpec(tokenizer.pad_token_id, transforms.clip_shape, transforms.sd_size)
+    rescale, mean, std = transforms.clip_normalization()
+    return CollateSpec(
+        tokenizer.pad_token_id, transforms.clip_shape, transforms.sd_size, rescale, mean, std
+    )
 
 
 def _records(shard: Any, batch_size: int, prefetch_batches: int) -> Iterator[dict[str, Any]]:

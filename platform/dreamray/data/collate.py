@@ -9,12 +9,14 @@ views on the receiving side). Fields:
     skip_reason     str   "" for a trainable sample, else a `dreamray.data.sequence` SKIP_* reason
     input_ids       bytes int32 [T]
     labels          bytes int32 [T]
-    clip_pixels     bytes float32 [n_clip, 3, H, W] (CLIP processor output)
-    sd_pixels       bytes uint8 [n_sd, 3, R, R] (mapped to [-1, 1] here: 4x fewer bytes to move)
+    clip_pixels     bytes uint8 [n_clip, 3, H, W] (CLIP processor resize + crop)
+    sd_pixels       bytes uint8 [n_sd, 3, R, R] (SD resize + crop + flip)
     n_clip, n_sd    int   image counts
     images_dropped  int   images that did not fit the length limit
     num_tokens      int   T
 
+Pixels travel as uint8 (4x fewer bytes than float32 through the object store); the collator
+does the transforms' last, purely arithmetic step: CLIP rescale + mean/std, SD to [-1, 1].
 The collator pads on the right to the longest sample: `input_ids` with the pad id,
 `attention_mask` 0, `labels` -100, and concatenates images in sample order, so the i-th IMG
 (DRM) block of the flattened batch owns the i-th CLIP (SD) image. No image: shape [0, 3, H, W].
@@ -56,6 +58,9 @@ class CollateSpec:
     pad_id: int
     clip_shape: tuple[int, int, int]  # (3, H, W) of one CLIP input
     sd_size: int  # R
+    clip_rescale: float  # the CLIP processor's rescale factor
+    clip_mean: tuple[float, ...]  # its image_mean
+    clip_std: tuple[float, ...]  # its image_std
 
 
 def make_record(
@@ -75,7 +80,7 @@ def make_record(
         sample_id: row id.
         source: source name.
         input_ids, labels: the built sequence.
-        clip: float32 [n_clip, 3, H, W].
+        clip: uint8 [n_clip, 3, H, W].
         sd: uint8 [n_sd, 3, R, R].
         images_dropped: images cut by the length limit.
 
@@ -89,7 +94,7 @@ def make_record(
         "skip_reason": "",
         "input_ids": np.asarray(input_ids, dtype=np.int32).tobytes(),
         "labels": np.asarray(labels, dtype=np.int32).tobytes(),
-        "clip_pixels": np.ascontiguousarray(clip, dtype=np.float32).tobytes(),
+        "clip_pixels": np.ascontiguousarray(clip, dtype=np.uint8).tobytes(),
         "n_clip": int(clip.shape[0]),
         "sd_pixels": np.ascontiguousarray(sd, dtype=np.uint8).tobytes(),
         "n_sd": int(sd.shape[0]),
@@ -140,7 +145,7 @@ def collate(records: Sequence[Mapping[str, Any]], spec: CollateSpec) -> dict[str
 
     Returns:
         ``input_ids`` long [B, L], ``attention_mask`` long [B, L], ``labels`` long [B, L],
-        ``clip_pixel_values`` float32 [N_img, 3, H, W], ``sd_pixel_values`` float32
+        ``clip_pixel_values`` float32 [N_img, 3, H, W] (normalised), ``sd_pixel_values`` float32
         [N_dm, 3, R, R] in [-1, 1].
 
     Raises:
@@ -163,11 +168,15 @@ def collate(records: Sequence[Mapping[str, Any]], spec: CollateSpec) -> dict[str
         mask[i, : len(x)] = 1
     sd_shape = (3, spec.sd_size, spec.sd_size)
     sd = _images(records, "sd_pixels", "n_sd", sd_shape, np.uint8)
+    clip = _images(records, "clip_pixels", "n_clip", spec.clip_shape, np.uint8)
+    mean = torch.tensor(spec.clip_mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(spec.clip_std, dtype=torch.float32).view(1, 3, 1, 1)
     return {
         "input_ids": torch.from_numpy(batch_ids),
         "attention_mask": torch.from_numpy(mask),
         "labels": torch.from_numpy(batch_labels),
-        "clip_pixel_values": _images(records, "clip_pixels", "n_clip", spec.clip_shape, np.float32),
+        # the CLIP processor's rescale + normalise, on the uint8 it resized and cropped
+        "clip_pixel_values": (clip.to(torch.float32) * spec.clip_rescale - mean) / std,
         # uint8 -> [-1, 1]: the last step of the SD transform (ToTensor + Normalize(0.5, 0.5))
         "sd_pixel_values": sd.to(torch.float32).div_(127.5).sub_(1.0),
     }

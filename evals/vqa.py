@@ -21,7 +21,13 @@ import sys
 
 from dreamray.evals.pool import PoolOptions, ensure_ray
 from dreamray.evals.results import ResultsStore, write_json_atomic
-from dreamray.evals.vqa_data import FORMATS, VqaDataError, load_predictions, load_questions
+from dreamray.evals.vqa_data import (
+    FORMATS,
+    VqaDataError,
+    VqaQuestion,
+    load_predictions,
+    load_questions,
+)
 from dreamray.evals.vqa_eval import (
     dreamllm_generator,
     evalai_results,
@@ -30,7 +36,7 @@ from dreamray.evals.vqa_eval import (
     require_text_generation,
     score_predictions,
 )
-from dreamray.evals.vqa_prompts import PRESETS, answerable_check_prompt, vqa_prompt
+from dreamray.evals.vqa_prompts import PRESETS, PromptPreset, answerable_check_prompt, vqa_prompt
 from dreamray.metrics.vqa import VARIANTS, VqaAnswersError
 
 
@@ -87,6 +93,13 @@ def run(args: argparse.Namespace) -> object:
             }
             for q in questions[: args.limit]
         ]
+    return _generate(args, questions, preset)
+
+
+def _generate(
+    args: argparse.Namespace, questions: list[VqaQuestion], preset: PromptPreset
+) -> list[dict[str, str]]:
+    """The `generate` command: answers on a pool, resumable through `--results`."""
     if args.model:
         require_text_generation()  # in the driver, before actors start
         factory = functools.partial(dreamllm_generator, args.model, args.num_beams)

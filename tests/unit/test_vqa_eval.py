@@ -264,3 +264,28 @@ def test_vqa_cli_score_and_errors(vqav2, tmp_path, capsys):
         == 3
     )
     assert "generate" in capsys.readouterr().err
+    table = _write(tmp_path / "table.json", {"What color": "Black.", "How many": "2"})
+    gen = [
+        "generate",
+        *base,
+        "--preset",
+        "vqav2",
+        "--answers-table",
+        str(table),
+        "--images",
+        str(tmp_path),
+        "--results",
+        str(tmp_path / "g.jsonl"),
+        "--num-actors",
+        "0",
+    ]
+    assert cli.main(gen) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"id": "11", "answer": "black"},
+        {"id": "12", "answer": "2"},
+    ]
+    assert cli.main(["prompts", *base, "--preset", "vizwiz_test", "--num-patches", "1"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown[0]["check"].endswith(
+        "What color is the cat?Is the answer can be known? ASSISTANT:"
+    )

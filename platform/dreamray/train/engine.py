@@ -157,5 +157,20 @@ def setup_engine(
         stage.deepspeed, world_size=world_size,
         grad_accumulation_steps=stage.grad_accumulation_steps,
     )
+    if stage.deepspeed.zero_stage == 3:
+        _pin_shapes_for_zero3(model)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     return EngineParts(engine, model, optimizer, scheduler, towers, device, dtype)
+
+
+def _pin_shapes_for_zero3(model: nn.Module) -> None:
+    """Keep shape-derived sizes readable while ZeRO-3 has the parameters partitioned.
+
+    `DreamEmbedding.num_queries` reads `dream_queries.shape`, which ZeRO-3 empties outside the
+    module's own forward; pin Q as a class attribute of a per-instance subclass. (Harmless once
+    the model reads `ds_shape` itself.)
+    """
+    emb = model.dream_embedding
+    num_queries = int(emb.dream_queries.shape[1])
+    cls = type(emb)
+    emb.__class__ = type(f"Zero3{cls.__name__}", (cls,), {"num_queries": num_queries})

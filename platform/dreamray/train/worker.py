@@ -9,6 +9,7 @@ wraps it for Ray Train; tests run it in process with a `LocalSession` (world siz
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tempfile
@@ -36,6 +37,7 @@ from dreamray.train.state import TrainState, seed_everything
 from dreamray.train.telemetry import HISTORY_FILE, JsonlSink, Sinks, TensorBoardSink
 
 ARTIFACT_SUBDIR = "artifact"
+METRICS_FILE = "metrics.json"  # rank 0's last step metrics, in every checkpoint
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,8 @@ class _StepHooks:
             root = Path(tmp)
             save_checkpoint(root, self.parts.engine, self.parts.scheduler, state,
                             self.data.state(), self.session.rank, {**self.meta, "final": final})
+            if self.session.rank == 0:
+                (root / METRICS_FILE).write_text(json.dumps(self.last_metrics, sort_keys=True))
             if final:
                 export_artifact(self.stage, self.parts, self.session.rank, root / ARTIFACT_SUBDIR)
             self.session.report({**self.last_metrics, "step": state.step,

@@ -67,3 +67,15 @@ class StageOutcome:
 
 
 Executor = Callable[[Any, StageContext], StageOutcome]
+
+
+class StageError(RuntimeError):
+    """A stage that raised: a one-line message for the ledger, the traceback for the logs."""
+
+    def __init__(self, message: str, details: str = ""):
+        """Args:
+        message: `<ExceptionType>: <message>` of the original error.
+        details: its (remote) traceback.
+        """
+        super().__init__(message)
+        self.details = details

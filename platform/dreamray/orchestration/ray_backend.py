@@ -14,7 +14,7 @@ import ray
 from ray.util.metrics import Gauge
 
 from dreamray.orchestration.backends import ClusterSnapshot
-from dreamray.orchestration.context import Executor, StageOutcome
+from dreamray.orchestration.context import Executor, StageError, StageOutcome
 from dreamray.orchestration.executors import StageTask, execute_stage
 
 STATE_CODES = {"pending": 0, "running": 1, "done": 2, "skipped": 3, "failed": 4, "blocked": 5}
@@ -100,11 +100,16 @@ class RayBackend:
         return done
 
     def result(self, handle: Any) -> StageOutcome:
-        """The stage's outcome; a stage error is re-raised as its original exception."""
+        """The stage's outcome.
+
+        Raises:
+            StageError: the stage's own error as one line, its remote traceback as details.
+        """
         try:
             return ray.get(handle)
         except ray.exceptions.RayTaskError as err:
-            raise err.as_instanceof_cause() from None
+            cause = err.cause if isinstance(err.cause, BaseException) else err
+            raise StageError(f"{type(cause).__name__}: {cause}", str(err)) from None
 
     def publish(self, name: str, state: str, info: Mapping[str, Any]) -> None:
         """Set the stage's gauges (fire and forget)."""

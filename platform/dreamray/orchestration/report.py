@@ -72,7 +72,8 @@ def stage_table(recipe: RecipeSpec, states: Mapping[str, str],
         lines.append(f"| {name} | {rec.kind} | {state} | {rec.steps or 0} | "
                      f"{rec.samples or 0} | {seconds} | {losses} | {scores} | {rec.attempts} |")
     failed = [(n, r.error) for n, r in records.items() if r and r.status == "failed"]
-    lines += [""] + [f"- **{n} failed**: `{(e or '')[:300]}`" for n, e in failed]
+    lines += [""] + [f"- **{n} failed**: `{' / '.join((e or '').splitlines())[:400]}`"
+                     for n, e in failed]
     return lines + [""]
 
 

@@ -16,7 +16,9 @@ Rules (docs/ARCHITECTURE.md, "Orchestration"):
 from __future__ import annotations
 
 import logging
+import re
 import time
+import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 from dreamray.config import RecipeSpec, TrainStageSpec
 from dreamray.config.specs import is_stage_ref
 from dreamray.orchestration.backends import Backend
-from dreamray.orchestration.context import Executor, StageContext
+from dreamray.orchestration.context import Executor, StageContext, StageError
 from dreamray.orchestration.dag import DagState
 from dreamray.orchestration.executors import StageTask
 from dreamray.orchestration.identity import spec_hash, stage_identities, stage_key
@@ -48,6 +50,7 @@ from dreamray.orchestration.resources import (
 from dreamray.orchestration.storage import RunStorage
 
 log = logging.getLogger("dreamray.orchestration")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes Ray puts in remote tracebacks
 POLL_S = 5.0  # how often a waiting runner re-reads the cluster's free resources
 
 
@@ -308,8 +311,11 @@ class DagRunner:
         record = self.records[name]
         try:
             outcome = self.backend.result(handle)
+        except StageError as err:
+            self.fail(name, str(err), err.details)
+            return
         except Exception as err:  # noqa: BLE001 - any stage error fails the stage, not the run
-            self.fail(name, f"{type(err).__name__}: {err}")
+            self.fail(name, f"{type(err).__name__}: {err}", traceback.format_exc())
             return
         digest, problems = verify_artifact(self.storage, artifact_rel(name, self.ids[name]))
         if problems:
@@ -334,15 +340,16 @@ class DagRunner:
                                             "seconds": outcome.ended_at - outcome.started_at})
         log.info("stage %s: done -> %s", name, record.artifact)
 
-    def fail(self, name: str, message: str) -> None:
+    def fail(self, name: str, message: str, details: str = "") -> None:
         """Record a failed stage; what depends on it is blocked."""
+        message = _ANSI.sub("", message)
         record = self.records[name]
         record.status, record.error, record.ended_at = "failed", message[-4000:], time.time()
         record.log("failed", message[:500])
         self.ledger.write(record)
         self.dag.set(name, "failed")
         self.backend.publish(name, "failed", {})
-        log.error("stage %s: failed: %s", name, message)
+        log.error("stage %s: failed: %s\n%s", name, message, _ANSI.sub("", details))
 
 
 def _json_line(obj: Any) -> str:

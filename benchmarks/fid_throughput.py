@@ -87,7 +87,7 @@ def run_dreamray_cold(a: Path, b: Path, s: FidSettings) -> tuple[float, float]:
 def run_dreamray_warm(a: Path, b: Path, s: FidSettings) -> tuple[float, float]:
     """Both folders' statistics on an already started pool: (seconds, fid)."""
     with start_pool(s) as pool:
-        pool.call_all("info")  # wait until every actor has loaded its network
+        pool.wait_started()  # every actor has loaded its network
         start = time.perf_counter()
         stats_a = folder_stats(a, s, pool, "a").stats
         stats_b = folder_stats(b, s, pool, "b").stats

@@ -17,7 +17,7 @@ import sys
 
 from dreamray.evals.features import PROTOCOLS, FeatureSetupError
 from dreamray.evals.fid_eval import FidSettings, score_folders, write_reference_stats
-from dreamray.evals.pool import PoolOptions, ensure_ray
+from dreamray.evals.pool import PoolOptions, WorkerStartError, ensure_ray
 from dreamray.evals.results import write_json_atomic
 from dreamray.metrics.fid import FidError
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_json_atomic(args.out, result)
         else:
             result = write_reference_stats(args.images, settings, args.out, args.cache_dir)
-    except (FidError, FeatureSetupError, FileNotFoundError) as err:
+    except (FidError, FeatureSetupError, FileNotFoundError, WorkerStartError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))

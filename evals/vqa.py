@@ -19,7 +19,7 @@ import functools
 import json
 import sys
 
-from dreamray.evals.pool import PoolOptions, ensure_ray
+from dreamray.evals.pool import PoolOptions, WorkerStartError, ensure_ray
 from dreamray.evals.results import ResultsStore, write_json_atomic
 from dreamray.evals.vqa_data import (
     FORMATS,
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = run(args)
-    except (VqaDataError, VqaAnswersError, FileNotFoundError) as err:
+    except (VqaDataError, VqaAnswersError, FileNotFoundError, WorkerStartError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NotImplementedError as err:

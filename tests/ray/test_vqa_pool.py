@@ -43,3 +43,31 @@ def test_generation_pool_answers_only_pending_questions(ray_cluster, tmp_path):
     assert len(ResultsStore(tmp_path / "answers.jsonl")) == 12
     result = score_predictions(questions, answers, variant="official")
     assert result["overall"] == 100.0 * 11 / 12
+
+
+def test_pool_larger_than_the_cluster_still_finishes(ray_cluster, tmp_path):
+    from dreamray.evals.pool import ActorPool
+    from dreamray.evals.vqa_eval import VqaWorker
+
+    factory = lookup_generator({"q": "a"})
+    # 3 CPUs each on the 4-CPU test cluster: one actor starts, two never get scheduled.
+    options = PoolOptions(num_actors=3, num_cpus=3)
+    items = [[{"id": str(i), "question": "q", "image": "x.jpg"}] for i in range(5)]
+    with ActorPool(VqaWorker, options, factory, PRESETS["okvqa"], 1, str(tmp_path), 1) as pool:
+        results = dict(pool.map_unordered("answer", items))
+    assert sorted(results) == list(range(5)) and results[4][0]["answer"] == "a"
+
+
+def test_a_worker_that_cannot_start_is_a_clear_error(ray_cluster, tmp_path):
+    import functools
+
+    import pytest
+
+    from dreamray.evals.pool import ActorPool, WorkerStartError
+    from dreamray.evals.vqa_eval import VqaWorker
+
+    factory = functools.partial(int, "not a model")  # the factory raises inside the actor
+    options = PoolOptions(num_actors=1, num_cpus=0.5)
+    with ActorPool(VqaWorker, options, factory, PRESETS["okvqa"], 1, str(tmp_path), 1) as pool:
+        with pytest.raises(WorkerStartError, match="VqaWorker actor failed to start"):
+            pool.call_ready("answer", [])

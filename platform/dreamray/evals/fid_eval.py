@@ -263,7 +263,7 @@ def score_folders(
             "sha256": sha256_file(ref_stats),
         }
     with start_pool(settings) as pool:
-        extractor_card = pool.call_all("info")[0]
+        extractor_card = pool.call_ready("info")[0]
         if ref is None:
             ref, provenance = reference_stats(ref_images, settings, pool, cache_dir)
         result = folder_stats(images, settings, pool, "images")

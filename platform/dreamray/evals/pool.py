@@ -43,6 +43,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=False)
 
 
+class WorkerStartError(RuntimeError):
+    """A pool worker whose constructor raised (bad weights file, missing model, ...)."""
+
+
 class ActorPool:
     """A fixed set of actors of one class, fed chunks of work."""
 
@@ -63,14 +67,45 @@ class ActorPool:
             num_cpus=options.num_cpus, num_gpus=options.num_gpus, **options.ray_options
         )
         self.options = options
+        self.worker_name = worker_cls.__name__
         self.actors = [remote_cls.remote(*args, **kwargs) for _ in range(options.num_actors)]
+        # Actors still starting; work only goes to started ones, so a pool larger than the
+        # cluster (some actors never scheduled) still finishes instead of waiting forever.
+        self._starting = {a.__ray_ready__.remote(): a for a in self.actors}
+        self._ready: list[Any] = []
 
-    def call_all(self, method: str, *args: Any) -> list[Any]:
-        """Call one method on every actor and wait for all the results."""
-        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+    def _started(self, ref: Any) -> Any:
+        actor = self._starting.pop(ref)
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayActorError as err:
+            raise WorkerStartError(f"{self.worker_name} actor failed to start: {err}") from err
+        self._ready.append(actor)
+        return actor
+
+    def wait_started(self, count: int | None = None) -> int:
+        """Block until `count` actors (default: all) have started; returns how many have.
+
+        Raises:
+            WorkerStartError: an actor's constructor failed.
+        """
+        target = len(self.actors) if count is None else min(count, len(self.actors))
+        while len(self._ready) < target:
+            done, _ = ray.wait(list(self._starting), num_returns=1)
+            self._started(done[0])
+        return len(self._ready)
+
+    def call_ready(self, method: str, *args: Any) -> list[Any]:
+        """Call a method on every started actor (waiting for at least one) and return results.
+
+        Raises:
+            WorkerStartError: an actor's constructor failed.
+        """
+        self.wait_started(1)
+        return ray.get([getattr(a, method).remote(*args) for a in self._ready])
 
     def map_unordered(self, method: str, items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
-        """Run `actor.method(item)` for every item, spread over the actors.
+        """Run `actor.method(item)` for every item, spread over the started actors.
 
         Args:
             method: the worker method's name.
@@ -78,16 +113,23 @@ class ActorPool:
 
         Yields:
             (index into items, result) in completion order.
+
+        Raises:
+            WorkerStartError: an actor's constructor failed.
         """
+        slots = self.options.in_flight_per_actor
         queue = deque(enumerate(items))
-        free = [a for a in self.actors for _ in range(self.options.in_flight_per_actor)]
+        free = [a for a in self._ready for _ in range(slots)]
         pending: dict[Any, tuple[int, Any]] = {}
         while queue or pending:
             while queue and free:
                 actor = free.pop()
                 index, item = queue.popleft()
                 pending[getattr(actor, method).remote(item)] = (index, actor)
-            done, _ = ray.wait(list(pending), num_returns=1)
+            done, _ = ray.wait([*pending, *self._starting], num_returns=1)
+            if done[0] in self._starting:
+                free += [self._started(done[0])] * slots
+                continue
             index, actor = pending.pop(done[0])
             free.append(actor)
             yield index, ray.get(done[0])
@@ -96,7 +138,7 @@ class ActorPool:
         """Kill the actors (their resources go back to the cluster)."""
         for actor in self.actors:
             ray.kill(actor)
-        self.actors = []
+        self.actors, self._ready, self._starting = [], [], {}
 
     def __enter__(self) -> ActorPool:
         return self
@@ -124,8 +166,8 @@ class LocalPool:
         """Build the single worker `worker_cls(*args, **kwargs)`."""
         self.worker = worker_cls(*args, **kwargs)
 
-    def call_all(self, method: str, *args: Any) -> list[Any]:
-        """Call one method on the worker; a one-element list, like `ActorPool.call_all`."""
+    def call_ready(self, method: str, *args: Any) -> list[Any]:
+        """Call one method on the worker; a one-element list, like `ActorPool.call_ready`."""
         return [getattr(self.worker, method)(*args)]
 
     def map_unordered(self, method: str, items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
@@ -153,7 +195,7 @@ def make_pool(worker_cls: type, options: PoolOptions, *args: Any, **kwargs: Any)
         *args, **kwargs: the worker's constructor arguments.
 
     Returns:
-        A pool with `call_all`, `map_unordered` and `shutdown` (and a context manager).
+        A pool with `call_ready`, `map_unordered` and `shutdown` (and a context manager).
     """
     if options.num_actors == 0:
         return LocalPool(worker_cls, *args, **kwargs)

@@ -58,7 +58,7 @@ def list_images(folder: str | Path) -> ImageListing:
     )
     chosen = set(files)
     others = sorted(str(p) for p in Path(root).rglob("*") if p.is_file() and str(p) not in chosen)
-    skipped = [Skip(p, "not an image file name (extension)") for p in others]
+    skipped = [Skip(p, "not an image file (extension, or a hidden file)") for p in others]
     return ImageListing(folder=root, files=files, skipped=skipped)
 
 

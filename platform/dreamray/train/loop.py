@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -215,7 +216,10 @@ def optimizer_step(ctx: LoopContext, batches: Iterator, state: TrainState) -> St
         state.samples_rank += int(batch["input_ids"].shape[0])
     skipped = ctx.optimizer.skip_next or not ctx.engine.was_step_applied()
     ctx.optimizer.skip_next = False
-    ctx.scheduler.step()
+    with warnings.catch_warnings():
+        # A skipped step never called optimizer.step(); the schedule advances on purpose.
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+        ctx.scheduler.step()
     return _finish_step(ctx, state, totals, lr, skipped, time.perf_counter() - start)
 
 

@@ -75,7 +75,10 @@ def test_left_padded_batch_equals_each_prompt_alone(model):
     prompts = ["look <image> and say what you see", "hi", "two <image> <image>"]
     images = [[_image(1)], [], [_image(2), _image(3)]]
     batched = gen.generate_text(model, prompts, images, max_new_tokens=4)
-    alone = [gen.generate_text(model, [p], [i], max_new_tokens=4)[0] for p, i in zip(prompts, images)]
+    alone = [
+        gen.generate_text(model, [p], [i], max_new_tokens=4)[0]
+        for p, i in zip(prompts, images, strict=True)
+    ]
     assert batched == alone
     beams = gen.generate_text(model, prompts, images, max_new_tokens=3, num_beams=3)
     assert len(beams) == 3 and all(isinstance(b, str) for b in beams)

@@ -32,11 +32,16 @@ STAGE_ONE = ["stage1_comprehension", "stage1_creation"]
 def run_stages(recipe, run_dir: Path, targets: list[str]) -> tuple[float, dict[str, float]]:
     """Run `targets` into `run_dir`; return wall seconds and each stage's own seconds."""
     start = time.perf_counter()
-    summary = DagRunner(recipe, str(run_dir), RayBackend(recipe.name), default_executors(),
-                        targets=targets, poll_s=0.5).run()
+    summary = DagRunner(
+        recipe,
+        str(run_dir),
+        RayBackend(recipe.name),
+        default_executors(),
+        targets=targets,
+        poll_s=0.5,
+    ).run()
     wall = time.perf_counter() - start
-    return wall, {n: summary.records[n].ended_at - summary.records[n].started_at
-                  for n in targets}
+    return wall, {n: summary.records[n].ended_at - summary.records[n].started_at for n in targets}
 
 
 def one_repeat(recipe, root: Path, index: int) -> dict[str, tuple[float, dict[str, float]]]:
@@ -58,23 +63,26 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     recipe = load_recipe(args.recipe, {"root": str(REPO)})
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
-             log_to_driver=False)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="dag-parallel-") as tmp:
         run_stages(recipe, Path(tmp) / "warmup", STAGE_ONE[:1])
         results = [one_repeat(recipe, Path(tmp), i) for i in range(args.repeats)]
     ray.shutdown()
-    print(f"| mode | wall s (median of {args.repeats}) | "
-          + " | ".join(f"{n} s" for n in STAGE_ONE) + " |")
+    print(
+        f"| mode | wall s (median of {args.repeats}) | "
+        + " | ".join(f"{n} s" for n in STAGE_ONE)
+        + " |"
+    )
     print("|---|---|" + "---|" * len(STAGE_ONE))
     walls = {}
     for mode in ("sequential", "parallel"):
         walls[mode] = statistics.median(r[mode][0] for r in results)
         per_stage = [statistics.median(r[mode][1][n] for r in results) for n in STAGE_ONE]
-        print(f"| {mode} | {walls[mode]:.1f} | " + " | ".join(f"{s:.1f}" for s in per_stage)
-              + " |")
-    print(f"\nparallel / sequential = {walls['parallel'] / walls['sequential']:.2f} "
-          f"(target <= 0.65) on {args.num_cpus} logical CPUs")
+        print(f"| {mode} | {walls[mode]:.1f} | " + " | ".join(f"{s:.1f}" for s in per_stage) + " |")
+    print(
+        f"\nparallel / sequential = {walls['parallel'] / walls['sequential']:.2f} "
+        f"(target <= 0.65) on {args.num_cpus} logical CPUs"
+    )
 
 
 if __name__ == "__main__":

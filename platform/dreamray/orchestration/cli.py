@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
     Returns:
         The process exit code.
     """
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     recipe = _load(args.recipe, args.overrides, check_paths=not args.shapes_only)
     if recipe is None:
         return 2
@@ -91,7 +91,7 @@ def stage_main(argv: list[str]) -> int:
     Returns:
         The process exit code; on success the last stdout line is the artifact dir.
     """
-    args = build_stage_parser().parse_args(argv)
+    args = build_stage_parser().parse_intermixed_args(argv)
     recipe = _load(args.recipe, args.overrides, check_paths=False)
     if recipe is not None and args.stage not in recipe.stages:
         print(f"unknown stage {args.stage!r}; the recipe has {list(recipe.stages)}",

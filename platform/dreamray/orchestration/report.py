@@ -122,7 +122,8 @@ def load_history(storage: RunStorage, name: str, identity: str) -> History:
             for tag, value in row.items():
                 if tag != "step" and isinstance(value, (int, float)):
                     series.setdefault(tag, []).append((int(row["step"]), float(value)))
-    if storage.is_local:
+    # TensorBoard files repeat what the history holds: read them only when there is none.
+    if storage.is_local and not any("loss" in tag for tag in series):
         for sub in (f"tensorboard/{key}", train_rel(name, identity)):
             for tag, points in _tensorboard_scalars(storage.local_path(sub)).items():
                 series.setdefault(tag, points)

@@ -6,6 +6,8 @@ Writes two folders of varied synthetic images, scores one against the other with
 `compute_fid` (one process, `num_workers=0`) and with dreamray (in-process, and on a Ray actor
 pool, cold = including actor start-up, warm = actors already up), same images and extractor,
 and prints one table: images/s and the ratio to clean-fid. Also checks that the FIDs agree.
+A 1-CPU Ray actor runs one torch thread at niceness 15 (Ray's default for workers); the
+single-process rows are also shown with one torch thread for a like-for-like comparison.
 """
 
 from __future__ import annotations
@@ -65,6 +67,20 @@ def run_clean_fid(a: Path, b: Path, args: argparse.Namespace) -> tuple[float, fl
     return time.perf_counter() - start, float(fid)
 
 
+def one_thread(run):
+    """Run `run()` with one torch thread (what a 1-CPU Ray actor gets), then restore."""
+
+    def wrapped() -> tuple[float, float]:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return run()
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapped
+
+
 def settings(args: argparse.Namespace, num_actors: int) -> FidSettings:
     """dreamray FID settings for one benchmark row."""
     return FidSettings(
@@ -111,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         pooled = settings(args, args.num_actors)
         runs = [
             ("clean-fid compute_fid, 1 process", lambda: run_clean_fid(a, b, args)),
-            ("dreamray in-process (no Ray)", lambda: run_dreamray_cold(a, b, settings(args, 0))),
+            ("clean-fid, 1 process, 1 torch thread", one_thread(lambda: run_clean_fid(a, b, args))),
+            (
+                "dreamray in-process, 1 torch thread",
+                one_thread(lambda: run_dreamray_cold(a, b, settings(args, 0))),
+            ),
             (f"dreamray pool x{args.num_actors}, cold", lambda: run_dreamray_cold(a, b, pooled)),
             (f"dreamray pool x{args.num_actors}, warm", lambda: run_dreamray_warm(a, b, pooled)),
         ]

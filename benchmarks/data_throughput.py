@@ -8,7 +8,9 @@ second (warm: worker processes already imported torch) run is the one compared.
 
     python benchmarks/data_throughput.py [--samples 384] [--cpus 2] [--work-dir .cache/bench]
 
-Prints one table: samples/s, images/s, speed-up and speed-up per CPU.
+Prints one table: samples/s, images/s, speed-up and speed-up per CPU (wall clock, best of N
+interleaved runs), and the CPU time per sample of each (this process and all its children: Ray's
+raylet, GCS and workers included), which does not depend on what else runs on the machine.
 """
 
 from __future__ import annotations
@@ -101,13 +103,35 @@ def make_stage(work: Path, samples: int, seed: int):
     )
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and all its descendants (the local Ray cluster's raylet, GCS
+    and workers are children of the driver): the work done, whatever the machine's load."""
+    import psutil
+
+    total = 0.0
+    for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def measured(run):
+    """Wrap a run: (samples, images, wall seconds, CPU seconds)."""
+
+    def wrapper(*args):
+        cpu = cpu_seconds()
+        samples, images, wall = run(*args)
+        return samples, images, wall, cpu_seconds() - cpu
+
+    return wrapper
+
+
+@measured
 def plain_loop(stage, micro: int) -> tuple[int, int, float]:
     """The same work in one process, no Ray: (samples, images, seconds)."""
-    import torch
-
-    # one thread, like a Ray task with num_cpus=1 (Ray sets OMP_NUM_THREADS=1 there); the CLIP
-    # processor is torchvision-backed and would otherwise use every core
-    torch.set_num_threads(1)
     from dreamray.data.batches import make_collate_spec
     from dreamray.data.collate import collate
     from dreamray.data.pipeline import StagePlan, _worker, build_record, index_sources
@@ -129,6 +153,7 @@ def plain_loop(stage, micro: int) -> tuple[int, int, float]:
     return samples, images, time.perf_counter() - start
 
 
+@measured
 def ray_pipeline(stage, micro: int) -> tuple[int, int, float]:
     """The pipeline, one consumer in the driver: (samples, images, seconds)."""
     from dreamray.data.batches import iter_train_batches, make_collate_spec
@@ -143,12 +168,13 @@ def ray_pipeline(stage, micro: int) -> tuple[int, int, float]:
     return samples, images, time.perf_counter() - start
 
 
-def _row(name: str, result: tuple[int, int, float], base: float, cpus: int) -> str:
-    n, images, secs = result
-    speedup = (n / secs) / base
+def _row(name: str, result: tuple, base: tuple, cpus: int) -> str:
+    n, images, wall, cpu = result
+    speedup = (n / wall) / (base[0] / base[2])
+    cpu_ratio = (base[3] / base[0]) / (cpu / n)  # plain CPU-s per sample / this one's
     return (
-        f"{name:<28}{n:>8}{images:>8}{secs:>8.2f}{n / secs:>11.1f}{images / secs:>10.1f}"
-        f"{speedup:>9.2f}{speedup / cpus:>7.2f}"
+        f"{name:<28}{n:>8}{n / wall:>11.1f}{images / wall:>10.1f}{speedup:>9.2f}"
+        f"{speedup / cpus:>7.2f}{1000 * cpu / n:>11.1f}{cpus * cpu_ratio:>12.2f}"
     )
 
 
@@ -162,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=Path(".cache/bench/data_throughput"))
     args = parser.parse_args(argv)
     import ray
+    import torch
+
+    # One torch thread, as in a Ray task or a 1-CPU train worker (Ray sets OMP_NUM_THREADS):
+    # the CLIP processor (torchvision) and the collator would otherwise spread over every core,
+    # and on a loaded machine OpenMP threads spin: 4-5x the CPU for the same work.
+    torch.set_num_threads(1)
 
     stage = make_stage(args.work_dir, args.samples, seed=0)
     if not ray.is_initialized():
@@ -173,19 +205,24 @@ def main(argv: list[str] | None = None) -> int:
         plains.append(plain_loop(stage, args.micro))
         rays.append(ray_pipeline(stage, args.micro))
     best = lambda runs: min(runs, key=lambda r: r[2] / r[0])  # noqa: E731
+    worst = lambda runs: max(runs, key=lambda r: r[2] / r[0])  # noqa: E731
     plain = best(plains)
-    base = plain[0] / plain[2]
     print(
-        f"\n{'run':<28}{'samples':>8}{'images':>8}{'s':>8}{'samples/s':>11}{'images/s':>10}"
-        f"{'x plain':>9}{'x/cpu':>7}"
+        f"\n{'run':<28}{'samples':>8}{'samples/s':>11}{'images/s':>10}{'x plain':>9}"
+        f"{'x/cpu':>7}{'cpu ms/smp':>11}{'x idle est':>12}"
     )
-    print(_row("plain loop, 1 process", plain, base, args.cpus))
-    print(_row("ray pipeline, cold start", cold, base, args.cpus))
-    print(_row(f"ray pipeline, warm (best {args.repeats})", best(rays), base, args.cpus))
-    print(_row("ray pipeline, warm (worst)", max(rays, key=lambda r: r[2] / r[0]), base, args.cpus))
+    print(_row("plain loop, 1 process", plain, plain, args.cpus))
+    print(_row("ray pipeline, cold start", cold, plain, args.cpus))
+    print(_row(f"ray pipeline, warm (best {args.repeats})", best(rays), plain, args.cpus))
+    print(_row("ray pipeline, warm (worst)", worst(rays), plain, args.cpus))
+    print(
+        "x idle est: speed-up expected on idle CPUs = cpus x plain CPU per sample / this "
+        "run's CPU per sample (Ray's raylet, GCS and driver included)"
+    )
     print(
         f"(ray cluster: {args.cpus} CPUs; plain runs samples/s: "
-        f"{[round(r[0] / r[2], 1) for r in plains]}; load average now "
+        f"{[round(r[0] / r[2], 1) for r in plains]}; ray runs samples/s: "
+        f"{[round(r[0] / r[2], 1) for r in rays]}; load average now "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
     )
     return 0

@@ -111,8 +111,8 @@ def stage(tmp_path_factory, tiny_zoo):
 
 def consume(stage, resume, num_batches):
     """Two consumers on one streaming_split, like two Ray Train workers."""
-    # two map tasks at most: each new worker process spends seconds importing torch
-    ds = build_stage_dataset(stage, stage.model.llm_path, resume, chunk_size=8, concurrency=2)
+    # one map task at a time: each new worker process spends seconds importing torch
+    ds = build_stage_dataset(stage, stage.model.llm_path, resume, chunk_size=16, concurrency=1)
     spec = make_collate_spec(stage, stage.model.llm_path)
     fingerprint = stage_fingerprint(stage.data)
     shards = ds.streaming_split(2, equal=True)
@@ -147,7 +147,7 @@ def positions(infos):
 
 
 def test_streaming_split_is_complete_mixed_and_resumes_exactly(ray_cluster, stage, tmp_path):
-    total = plan_length(stage.data, 8)
+    total = plan_length(stage.data, 16)
     # run 1: each worker stops after 6 micro-batches, as at a checkpoint
     seen, progress = consume(stage, None, num_batches=6)
     assert [len(s) for s in seen] == [6, 6]
@@ -170,7 +170,7 @@ def test_streaming_split_is_complete_mixed_and_resumes_exactly(ray_cluster, stag
     assert min(second) == state.consumed.prefix_end()  # continues where it stopped
 
     # every position holds the sample the deterministic plan puts there
-    plan = StagePlan(stage, stage.model.llm_path, index_sources(stage.data), None, 8)
+    plan = StagePlan(stage, stage.model.llm_path, index_sources(stage.data), None, 16)
     expected = {pos: row["id"] for c in range(plan.num_chunks) for pos, _, row in plan.rows(c)}
     got = {
         p: i

@@ -19,6 +19,7 @@ and numpy version, unlike `numpy.random` streams.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+
+from dreamray.data import manifest
 
 # 2^64 / golden ratio, odd: the Kronecker step in fixed point (exact integer arithmetic).
 _GOLDEN_STEP = np.uint64(0x9E3779B97F4A7C15)
@@ -71,6 +74,11 @@ def stable_permutation(n: int, key: int) -> np.ndarray:
     with np.errstate(over="ignore"):
         hashed = _mix64(np.arange(n, dtype=np.uint64) + np.uint64(key))
     return np.argsort(hashed, kind="stable").astype(np.int64)
+
+
+# A source's group order is needed by every chunk of an epoch: argsort of 100k groups per chunk
+# would dominate the bookkeeping on a real source. Callers never modify the returned array.
+_group_order = functools.lru_cache(maxsize=32)(stable_permutation)
 
 
 class MixSchedule:
@@ -150,8 +158,27 @@ class SourceIndex:
         return int(self.group_rows.sum())
 
 
+def shard_files(path: str | Path) -> list[str]:
+    """The shard files of a source directory.
+
+    A converted directory (with ``manifest.json``) lists its shards in the manifest, in order;
+    a hand-made one is globbed (``*.parquet`` below it, sorted, ``rejects.parquet`` excluded).
+
+    Args:
+        path: the shard directory.
+
+    Returns:
+        Shard file paths.
+    """
+    root = Path(path)
+    if (root / manifest.MANIFEST_NAME).is_file():
+        return [str(p) for p in manifest.shard_paths(root)]
+    found = (p for p in root.rglob("*.parquet") if p.name != manifest.REJECTS_NAME)
+    return sorted(str(p) for p in found)
+
+
 def index_source(name: str, path: str | Path) -> SourceIndex:
-    """Index a shard directory (every ``*.parquet`` below it, in sorted path order).
+    """Index a shard directory (its `shard_files`), from the parquet footers only.
 
     Args:
         name: the source's name in the stage's data spec.
@@ -164,7 +191,7 @@ def index_source(name: str, path: str | Path) -> SourceIndex:
         FileNotFoundError: no parquet file under `path`.
         ValueError: a file lacks a required column, or the source has no rows.
     """
-    files = sorted(str(p) for p in Path(path).rglob("*.parquet"))
+    files = shard_files(path)
     if not files:
         raise FileNotFoundError(f"source {name!r}: no *.parquet under {path}")
     g_file, g_index, g_rows = [], [], []
@@ -202,7 +229,7 @@ def locate_draws(index: SourceIndex, draws: np.ndarray, seed: int) -> tuple:
     epochs = draws // n
     for epoch in np.unique(epochs):
         sel = epochs == epoch
-        order = stable_permutation(len(index.group_rows), stable_key(seed, index.name, epoch))
+        order = _group_order(len(index.group_rows), stable_key(seed, index.name, epoch))
         ends = np.cumsum(index.group_rows[order])
         offset = draws[sel] % n
         slot = np.searchsorted(ends, offset, side="right")

@@ -317,5 +317,23 @@ def build_stage_dataset(
         fn_kwargs={"plan": plan},
         batch_size=1,
         batch_format="numpy",
-        concurrency=concurrency,
+        compute=ray.data.TaskPoolStrategy(size=concurrency),
     )
+
+
+def ingest_options() -> Any:
+    """Ray Data execution options for `ray.train.DataConfig(execution_options=...)`.
+
+    Ray Train replaces a dataset's execution options with its own (taken from the global
+    `DataContext`, so `preserve_order` is off): pass these to keep the record order
+    deterministic. Exactness of resume does not depend on it (see `dreamray.data.progress`).
+
+    Returns:
+        `ray.data.ExecutionOptions` with `preserve_order=True`, the rest from the current
+        `DataContext`.
+    """
+    import ray.train
+
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options

@@ -147,7 +147,7 @@ def positions(infos):
 
 
 def test_streaming_split_is_complete_mixed_and_resumes_exactly(ray_cluster, stage, tmp_path):
-    total = plan_length(stage.data, 16)
+    total = plan_length(stage, 16)
     # run 1: each worker stops after 6 micro-batches, as at a checkpoint
     seen, progress = consume(stage, None, num_batches=6)
     assert [len(s) for s in seen] == [6, 6]

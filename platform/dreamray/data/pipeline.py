@@ -100,18 +100,26 @@ def stage_fingerprint(data: DataSpec, sources: list[SourceIndex] | None = None) 
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def plan_length(data: DataSpec, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
-    """Positions in a stage's plan: enough for num_samples trainable ones at the allowed skips.
+def plan_length(stage: TrainStageSpec, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
+    """Positions in a stage's plan: enough for `data.num_samples` trainable samples.
+
+    The surplus covers the skips the spec allows, and the records that are in flight when the
+    workers stop: each worker may hold a block (one chunk) plus prefetched batches that it never
+    consumes, and `streaming_split(equal=True)` drops the odd rows at the very end.
 
     Args:
-        data: the data spec.
-        chunk_size: positions per chunk (the surplus covers a few chunks of skew).
+        stage: the train stage spec (data and number of workers).
+        chunk_size: positions per chunk.
 
     Returns:
         The number of positions.
     """
+    data = stage.data
     skip = min(data.max_skip_fraction, 0.5)  # past 50 % skipped the run stops anyway
-    return math.ceil(data.num_samples / (1.0 - skip)) + max(64, 2 * chunk_size)
+    in_flight = (
+        2 * stage.scaling.num_workers * (chunk_size + 4 * stage.deepspeed.micro_batch_per_gpu)
+    )
+    return math.ceil(data.num_samples / (1.0 - skip)) + max(64, in_flight)
 
 
 def index_sources(data: DataSpec) -> list[SourceIndex]:
@@ -144,7 +152,7 @@ class StagePlan:
         self.mode, self.seed, self.random_flip = data.mode, data.seed, data.random_flip
         self.sources = sources
         self.fingerprint = stage_fingerprint(data, sources)
-        self.stop = plan_length(data, chunk_size)
+        self.stop = plan_length(stage, chunk_size)
         self.done = resume.consumed if resume is not None else RangeSet()
         self.start = min(self.done.prefix_end(), self.stop)
         self.chunk_size = chunk_size

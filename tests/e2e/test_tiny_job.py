@@ -2,8 +2,9 @@
 
 In order, on one run dir: the full recipe (dashboard: job, Train runs, dreamray_* metrics while
 it runs; the stage-I branches overlap, on different nodes; report.md), a re-submission (all
-skipped), an edited SFT learning rate (only SFT re-runs), and a driver killed during stage II
-(re-submission resumes stage II from its checkpoint).
+skipped), and an edited stage II whose driver is killed mid-stage (the re-submission skips
+stage I and the merge, resumes stage II from its checkpoint, re-runs SFT). That editing one
+stage re-runs exactly it and what follows is also covered, faster, in tests/unit and tests/ray.
 
 The cluster: head 3 CPUs + worker 3 CPUs, stages at 2 CPUs per worker, so one node cannot hold
 both stage-I gangs and each keeps a CPU for its data pipeline.
@@ -20,6 +21,8 @@ from pathlib import Path
 import pytest
 from local_cluster import REPO, LocalCluster, skipped_stages, start_cluster, stop_cluster
 
+from dreamray.config import load_recipe, parse_overrides
+from dreamray.orchestration.identity import stage_identities
 from dreamray.orchestration.ledger import Ledger
 from dreamray.orchestration.storage import RunStorage
 
@@ -106,26 +109,19 @@ def test_resubmitted_run_skips_every_stage(cluster, run_dir):
         ["stage1_comprehension", "stage1_creation", "merge", "stage2", "sft"])
 
 
-def test_edited_sft_lr_reruns_only_sft(cluster, run_dir):
-    cluster.submit("dreamray-e2e-sft", run_dir, CPUS, "stages.sft.optim.lr=5.0e-4")
-    assert cluster.wait_job("dreamray-e2e-sft", JOB_TIMEOUT_S) == "SUCCEEDED"
-    skipped = skipped_stages(cluster.job_logs("dreamray-e2e-sft"))
-    assert sorted(skipped) == sorted(["stage1_comprehension", "stage1_creation", "merge",
-                                      "stage2"])
-    assert _ledger(run_dir).read("sft").events[-1]["event"] == "done"
-
-
-def test_killed_driver_resumes_stage2_from_its_checkpoint(cluster, run_dir):
-    # A new stage II (new lr): long enough to be killed between two checkpoints.
-    edit = ["stages.stage2.optim.lr=9.0e-4", "stages.stage2.data.num_samples=96",
+def test_killed_driver_resumes_stage2_and_reruns_only_what_changed(cluster, run_dir):
+    # Stage II edited (lr) and made long enough to be killed between two checkpoints: stage II
+    # and SFT are new identities, stage I and the merge are not.
+    edit = ["stages.stage2.optim.lr=9.0e-4", "stages.stage2.data.num_samples=64",
             "stages.stage2.checkpoint.every_n_steps=4"]
+    identity = stage_identities(load_recipe(
+        REPO / "pipelines/recipes/tiny.yaml", parse_overrides([f"root={REPO}", CPUS, *edit]),
+        check_paths=False))["stage2"]
     cluster.submit("dreamray-e2e-kill", run_dir, CPUS, *edit)
     ledger = _ledger(run_dir)
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while time.monotonic() < deadline:
-        record = ledger.read("stage2")
-        if record and record.status == "running" and ledger.latest_checkpoint(
-                "stage2", record.identity):
+        if ledger.latest_checkpoint("stage2", identity):
             break
         assert cluster.job_status("dreamray-e2e-kill") in ("PENDING", "RUNNING")
         time.sleep(1)
@@ -135,6 +131,13 @@ def test_killed_driver_resumes_stage2_from_its_checkpoint(cluster, run_dir):
     assert killed.status == "running"  # the driver died: nothing recorded an end
     cluster.submit("dreamray-e2e-resume", run_dir, CPUS, *edit)
     assert cluster.wait_job("dreamray-e2e-resume", JOB_TIMEOUT_S) == "SUCCEEDED"
+    assert sorted(skipped_stages(cluster.job_logs("dreamray-e2e-resume"))) == sorted(
+        ["stage1_comprehension", "stage1_creation", "merge"])
     resumed = ledger.read("stage2")
-    assert resumed.identity == killed.identity and resumed.status == "done"
+    assert resumed.identity == killed.identity == identity and resumed.status == "done"
     assert [e["event"] for e in resumed.events][-2:] == ["resume", "done"]
+    assert resumed.steps == 16 and ledger.read("sft").status == "done"
+    # The history of both attempts: had the second started over, step 1 would appear twice.
+    history = (run_dir / "metrics" / f"{resumed.train_run_name}.jsonl").read_text()
+    steps = [json.loads(line)["step"] for line in history.splitlines()]
+    assert steps.count(1) == 1 and steps[-1] == 16, steps

@@ -128,8 +128,9 @@ def consume(stage, resume, num_batches):
                 assert batch["input_ids"].shape[0] == len(info.positions) <= MICRO
                 assert batch["clip_pixel_values"].shape[0] == info.num_clip_images
                 assert batch["sd_pixel_values"].shape[0] == info.num_sd_images
-                metrics.record(info)
+                rates = metrics.record(info)
                 seen[rank].append(info)
+            assert rates["samples_per_s"] > 0 and rates["images_per_s"] > 0
         except Exception as err:  # surfaced in the main thread below
             errors.append(err)
 

@@ -23,7 +23,6 @@ from dreamray.evals.pool import PoolOptions, WorkerStartError, ensure_ray
 from dreamray.evals.results import ResultsStore, write_json_atomic
 from dreamray.evals.vqa_data import (
     FORMATS,
-    VqaDataError,
     VqaQuestion,
     load_predictions,
     load_questions,
@@ -37,7 +36,7 @@ from dreamray.evals.vqa_eval import (
     score_predictions,
 )
 from dreamray.evals.vqa_prompts import PRESETS, PromptPreset, answerable_check_prompt, vqa_prompt
-from dreamray.metrics.vqa import VARIANTS, VqaAnswersError
+from dreamray.metrics.vqa import VARIANTS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["evalai"].add_argument("--predictions", required=True)
     for name in ("prompts", "generate"):
         sub.choices[name].add_argument("--preset", required=True, choices=sorted(PRESETS))
-        sub.choices[name].add_argument("--num-patches", type=int, default=256)
+        sub.choices[name].add_argument(
+            "--num-patches", type=int, help="CLIP patches per image (default: the model's; 256)"
+        )
     sub.choices["prompts"].add_argument("--limit", type=int, default=5)
     gen = sub.choices["generate"]
     source = gen.add_mutually_exclusive_group(required=True)
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--gpus-per-actor", type=float, default=0.0)
     gen.add_argument("--batch-size", type=int, default=8)
     gen.add_argument("--num-beams", type=int, default=5)
+    gen.add_argument("--max-new-tokens", type=int, default=1024)
     gen.add_argument("--address", help="Ray cluster address (default: a new local cluster)")
     return parser
 
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> object:
         return evalai_results(questions, load_predictions(args.predictions), args.format)
     preset = PRESETS[args.preset]
     if args.command == "prompts":
+        args.num_patches = 256 if args.num_patches is None else args.num_patches
         return [
             {
                 "id": q.question_id,
@@ -102,10 +105,13 @@ def _generate(
     """The `generate` command: answers on a pool, resumable through `--results`."""
     if args.model:
         require_text_generation()  # in the driver, before actors start
-        factory = functools.partial(dreamllm_generator, args.model, args.num_beams)
+        factory = functools.partial(
+            dreamllm_generator, args.model, args.num_beams, args.max_new_tokens
+        )
     else:
         with open(args.answers_table) as f:
             factory = lookup_generator(json.load(f))
+        args.num_patches = 256 if args.num_patches is None else args.num_patches
     pool = PoolOptions(num_actors=args.num_actors, num_gpus=args.gpus_per_actor)
     if pool.num_actors > 0:
         ensure_ray(args.address)
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = run(args)
-    except (VqaDataError, VqaAnswersError, FileNotFoundError, WorkerStartError) as err:
+    except (ValueError, FileNotFoundError, WorkerStartError) as err:  # data or model errors
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NotImplementedError as err:

@@ -36,8 +36,9 @@ class VqaWorker:
         batch_size: int,
     ) -> None:
         self.generate = factory()
+        # None: the generator knows its model's CLIP patch count (DreamLLMGenerator does).
+        self.num_patches = self.generate.num_patches if num_patches is None else num_patches
         self.preset = preset
-        self.num_patches = num_patches
         self.image_root = Path(image_root)
         self.batch_size = batch_size
 
@@ -78,7 +79,7 @@ def generate_answers(
         store: the results store; finished chunks are appended as they arrive, so a re-run
             only answers what is missing.
         image_root: folder the questions' image names are relative to.
-        num_patches: CLIP patches per image.
+        num_patches: CLIP patches per image; None: the generator's `num_patches`.
         batch_size: questions per `generate` call.
         chunk_size: questions per actor task (and per store write).
         pool: actors and resources (`num_actors=0`: in-process).
@@ -204,22 +205,61 @@ def require_text_generation() -> None:
     """Fail fast (in the driver, before any actor starts) when DreamLLM cannot decode text.
 
     Raises:
-        NotImplementedError: `dreamray.model.dreamllm.DreamLLM` has no `generate` yet.
+        NotImplementedError: `dreamray.model.generation.generate_text` is not available.
     """
-    from dreamray.model import dreamllm
-
-    if not hasattr(dreamllm.DreamLLM, "generate"):
+    try:
+        from dreamray.model.generation import generate_text  # noqa: F401
+    except ImportError as err:
         raise NotImplementedError(
-            "VQA answer generation needs DreamLLM.generate (text decoding with images), which "
-            "dreamray.model does not provide yet"
+            "VQA answer generation needs dreamray.model.generation.generate_text, which "
+            f"cannot be imported: {err}"
+        ) from err
+
+
+class DreamLLMGenerator:
+    """A DreamLLM artifact as a VQA `Generate`: beam search on prompts with one image each."""
+
+    def __init__(self, model_dir: str, num_beams: int, max_new_tokens: int) -> None:
+        import torch
+
+        from dreamray.model.dreamllm import DreamLLM
+
+        # bf16 on a GPU, as the reference's VQA inference; fp32 on CPU (no fast bf16 there).
+        cuda = torch.cuda.is_available()
+        self.model = DreamLLM.from_pretrained(model_dir, dtype=torch.bfloat16 if cuda else None)
+        if cuda:
+            self.model.to("cuda")
+        self.num_patches = self.model.num_patches
+        self.num_beams = num_beams
+        self.max_new_tokens = max_new_tokens
+
+    def __call__(self, prompts: list[str], images: list[str]) -> list[str]:
+        """Decode one answer per prompt (its spelled-out IMG block gets its image)."""
+        from PIL import Image
+
+        from dreamray.model.generation import generate_text
+
+        pil = [[Image.open(path).convert("RGB")] for path in images]
+        return generate_text(
+            self.model, prompts, pil, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams
         )
 
 
-def dreamllm_generator(model_dir: str, num_beams: int = 5, max_new_tokens: int = 1024) -> Generate:
-    """The generator factory for a DreamLLM artifact (load, then beam-search decode).
+def dreamllm_generator(
+    model_dir: str, num_beams: int = 5, max_new_tokens: int = 1024
+) -> DreamLLMGenerator:
+    """The generator factory for a DreamLLM artifact (use with `functools.partial`).
+
+    Args:
+        model_dir: the artifact directory (ours or a released checkpoint with configs).
+        num_beams: beam width (5 in the reference protocol).
+        max_new_tokens: decode budget (1024 in the reference).
+
+    Returns:
+        The loaded generator; its `num_patches` is the model's CLIP patch count.
 
     Raises:
-        NotImplementedError: the model API is not there yet (`require_text_generation`).
+        NotImplementedError: text generation is not available (`require_text_generation`).
     """
     require_text_generation()
-    raise NotImplementedError(f"DreamLLM.generate exists but is not hooked up to VQA: {model_dir}")
+    return DreamLLMGenerator(model_dir, num_beams, max_new_tokens)

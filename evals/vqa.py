@@ -1,7 +1,7 @@
 """VQA evaluation: score predictions, write EvalAI files, show prompts, generate answers.
 
     python evals/vqa.py score --format vqav2 --questions Q.json --annotations A.json \
-        --predictions P.json [--variant official|official_2016|lmms|dreamllm|dreamllm_substring]
+        --predictions P.json [--variant official|official_2021|lmms|dreamllm|dreamllm_substring]
     python evals/vqa.py evalai --format vizwiz --questions test.json --predictions P.json \
         --out R.json
     python evals/vqa.py prompts --format okvqa --questions Q.json --preset okvqa --limit 3

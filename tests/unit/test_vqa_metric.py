@@ -81,29 +81,30 @@ def test_numbers_articles_contractions_every_variant(variant):
 def test_yes_with_period_official_depends_on_agreement():
     mixed = ten(("yes", 9), ("no", 1))
     unanimous = ten(("yes", 10))
-    assert vqa_accuracy("yes.", mixed, "official") == pytest.approx(1.0)
+    assert vqa_accuracy("yes.", mixed, "official_2021") == pytest.approx(1.0)
     # The 2021 official evaluator normalises nothing but whitespace when all 10 agree.
-    assert vqa_accuracy("yes.", unanimous, "official") == 0.0
-    assert vqa_accuracy("Yes", unanimous, "official") == 0.0
-    assert vqa_accuracy(" yes\n", unanimous, "official") == pytest.approx(1.0)
-    for variant in ("official_2016", "lmms", "dreamllm", "dreamllm_substring"):
+    assert vqa_accuracy("yes.", unanimous, "official_2021") == 0.0
+    assert vqa_accuracy("Yes", unanimous, "official_2021") == 0.0
+    assert vqa_accuracy(" yes\n", unanimous, "official_2021") == pytest.approx(1.0)
+    for variant in ("official", "lmms", "dreamllm", "dreamllm_substring"):
         assert vqa_accuracy("yes.", unanimous, variant) == pytest.approx(1.0), variant
 
 
-def test_official_2016_normalises_answers_by_punctuation_only():
+def test_official_normalises_answers_by_punctuation_only():
     answers = ten(("two", 3), ("three", 7))
-    # The prediction becomes "2" but the answers keep "two": no match in the 2016 evaluator.
-    assert vqa_accuracy("two", answers, "official_2016") == 0.0
-    assert vqa_accuracy("two", answers, "official") == pytest.approx(0.9)
+    # The prediction becomes "2" but the answers keep "two": no match in the pre-2021 evaluator.
+    assert vqa_accuracy("two", answers, "official") == 0.0
+    assert vqa_accuracy("two", answers, "official_2021") == pytest.approx(0.9)
     assert vqa_accuracy("two", answers, "lmms") == pytest.approx(0.9)
 
 
 def test_punctuation_inside_numbers():
     answers = ten(("1,000", 4), ("1000", 6))
     # Mixed answers: both spellings normalise to "1000", all 10 match.
-    assert vqa_accuracy("1,000", answers, "official") == pytest.approx(1.0)
-    assert vqa_accuracy("3.5", ten(("3.5", 3), ("4", 7)), "official") == pytest.approx(0.9)
-    assert vqa_accuracy("35", ten(("3.5", 3), ("4", 7)), "official") == 0.0
+    for variant in ("official", "official_2021"):
+        assert vqa_accuracy("1,000", answers, variant) == pytest.approx(1.0)
+        assert vqa_accuracy("3.5", ten(("3.5", 3), ("4", 7)), variant) == pytest.approx(0.9)
+        assert vqa_accuracy("35", ten(("3.5", 3), ("4", 7)), variant) == 0.0
 
 
 def test_dreamllm_variants_exact_and_substring():

@@ -237,7 +237,7 @@ class MergeStageSpec(Spec):
 FID_PROTOCOLS = ("clean", "legacy_pytorch", "dreamllm")
 VQA_BENCHMARKS = ("vqav2", "okvqa", "textvqa", "vizwiz")
 VQA_PRESETS = ("vqav2", "okvqa", "textvqa", "vizwiz_val", "vizwiz_test")
-VQA_VARIANTS = ("official", "official_2016", "lmms", "dreamllm", "dreamllm_substring")
+VQA_VARIANTS = ("official", "official_2021", "lmms", "dreamllm", "dreamllm_substring")
 PAPER_SEEDS = (42, 43, 44, 45, 46, 47, 48, 49)
 
 
@@ -292,7 +292,7 @@ class VqaParams(Spec):
     preset: Literal["vqav2", "okvqa", "textvqa", "vizwiz_val", "vizwiz_test"] | None = Field(
         None, description="prompt preset; null: the benchmark's (vizwiz: by split)"
     )
-    variant: Literal["official", "official_2016", "lmms", "dreamllm", "dreamllm_substring"] = (
+    variant: Literal["official", "official_2021", "lmms", "dreamllm", "dreamllm_substring"] = (
         "official"
     )
     num_beams: int = Field(5, ge=1)

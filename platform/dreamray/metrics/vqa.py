@@ -4,13 +4,14 @@ The accuracy of one prediction against the 10 human answers is the mean, over th
 that leave one human answer out, of min(#matches in the other 9 / 3, 1), with exact string match
 after normalisation. The variants differ only in which side is normalised and how:
 
-- `official`: GT-Vision-Lab/VQA `vqaEval.py` as of its last change (a013f00, 2021-03-11,
-  "Fixed processing answers bug"). Both sides have newlines/tabs turned into spaces and are
-  stripped; only when the 10 answers are not all identical do both the answers and the
-  prediction get the punctuation and digit/article/contraction steps.
-- `official_2016`: the same file before that fix (458a8b2, 2016 to 2021): the prediction always
-  gets every step; the answers get the punctuation step only, and only when they are not all
-  identical.
+- `official` (the default): GT-Vision-Lab/VQA `vqaEval.py` as the VQA papers of 2016-2021
+  scored with it (458a8b2): the prediction always gets every step; the answers get the
+  punctuation step only, and only when the 10 are not all identical. This is the behaviour the
+  project's issue specifies ("yes." scores like "yes").
+- `official_2021`: the same file after its last change (a013f00, 2021-03-11, "Fixed processing
+  answers bug"). Both sides have newlines/tabs turned into spaces and are stripped; only when the
+  10 answers are not all identical do both the answers and the prediction get the punctuation
+  and digit/article/contraction steps (so "yes." scores 0 against ten "yes").
 - `lmms`: every step on both sides, always.
 - `dreamllm`: the reference's `EvalAIAnswerProcessor` on both sides, always (it first lowercases,
   drops every `,` and `?` and splits `'s`). Exact match: the substring test in the reference's
@@ -25,7 +26,7 @@ import re
 from collections.abc import Sequence
 
 NUM_ANSWERS = 10
-VARIANTS = ("official", "official_2016", "lmms", "dreamllm", "dreamllm_substring")
+VARIANTS = ("official", "official_2021", "lmms", "dreamllm", "dreamllm_substring")
 
 _NUMBERS = {
     "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
@@ -169,14 +170,14 @@ def vqa_accuracy(prediction: str, answers: Sequence[str], variant: str = "offici
     return score(prediction, list(answers))
 
 
-def _score_official(prediction: str, answers: list[str]) -> float:
+def _score_official_2021(prediction: str, answers: list[str]) -> float:
     pred, gts = normalize_whitespace(prediction), [normalize_whitespace(a) for a in answers]
     if len(set(gts)) > 1:
         pred, gts = normalize_answer(pred), [normalize_answer(a) for a in gts]
     return leave_one_out_accuracy(pred, gts)
 
 
-def _score_official_2016(prediction: str, answers: list[str]) -> float:
+def _score_official(prediction: str, answers: list[str]) -> float:
     if len(set(answers)) > 1:
         answers = [process_punctuation(a) for a in answers]
     return leave_one_out_accuracy(normalize_answer(prediction), answers)
@@ -202,7 +203,7 @@ def _score_dreamllm_substring(prediction: str, answers: list[str]) -> float:
 
 _VARIANT_SCORERS = {
     "official": _score_official,
-    "official_2016": _score_official_2016,
+    "official_2021": _score_official_2021,
     "lmms": _score_lmms,
     "dreamllm": _score_dreamllm,
     "dreamllm_substring": _score_dreamllm_substring,

@@ -13,33 +13,38 @@ from dreamray.evals.captions import read_manifest
 from dreamray.evals.stage import pool_options, run_eval_stage
 
 
-def test_coco_fid_stage_fixes_the_manifest_then_reports_missing_generation(tmp_path):
-    images = [{"id": i, "file_name": f"{i}.jpg"} for i in range(1, 6)]
-    annotations = [{"id": i, "image_id": i, "caption": f"caption {i}"} for i in range(1, 6)]
-    (tmp_path / "captions.json").write_text(
-        json.dumps({"images": images, "annotations": annotations})
-    )
+def test_coco_fid_stage_generates_and_scores_in_process(tiny_zoo, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from coco_fixtures import write_artifact, write_captions, write_ref_stats
+
+    from dreamray.evals.pool import PoolOptions
+    from dreamray.evals.stage import run_coco_fid
+
+    artifact = write_artifact(tiny_zoo, tmp_path / "artifact")
+    params = {
+        "captions": str(write_captions(tmp_path / "captions.json")),
+        "ref_stats": str(write_ref_stats(tmp_path)),
+        "feature_extractor": "tiny:0",
+        "num_samples": 3,
+        "seeds": [42],
+        "num_inference_steps": 2,
+        "resolution": 16,
+        "generation_batch_size": 2,
+    }
     spec = EvalStageSpec.model_validate(
-        {
-            "kind": "eval",
-            "eval": {
-                "task": "coco_fid",
-                "model": str(tmp_path),
-                "params": {
-                    "captions": str(tmp_path / "captions.json"),
-                    "ref_stats": "ref.npz",
-                    "num_samples": 3,
-                    "seeds": [42],
-                },
-            },
-        }
+        {"kind": "eval", "eval": {"task": "coco_fid", "model": str(artifact), "params": params}}
     )
-    with pytest.raises(NotImplementedError, match="generate-and-score"):
-        run_eval_stage(spec, str(tmp_path), str(tmp_path / "out"))
+    local = PoolOptions(num_actors=0)
+    result = run_coco_fid(spec.eval.params, str(artifact), tmp_path / "out", local)
     manifest = read_manifest(tmp_path / "out" / "manifest.json")
     assert len(manifest.items) == 3 and manifest.meta["num_samples"] == 3
-    with pytest.raises(NotImplementedError):  # a re-run finds the same manifest
-        run_eval_stage(spec, str(tmp_path), str(tmp_path / "out"))
+    assert result["card"]["N"] == 3 and result["folders"]["seed42"]["n"] == 3
+    assert result["fid"] == result["fid_per_seed"]["42"]
+    wrong = spec.eval.params.model_copy(update={"resolution": 512})
+    with pytest.raises(ValueError, match="16 px"):  # a re-run finds the images, checks the size
+        run_coco_fid(wrong, str(artifact), tmp_path / "out", local)
 
 
 def test_vqa_stage_reads_its_questions_before_starting_actors(tmp_path):

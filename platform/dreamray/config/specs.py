@@ -255,6 +255,7 @@ class CocoFidParams(Spec):
     seeds: list[int] = Field(default_factory=lambda: list(PAPER_SEEDS), min_length=1)
     num_inference_steps: int = Field(150, ge=1)
     guidance_scale: float = Field(2.0, ge=0.0)
+    scheduler: Literal["ddpm", "ddim"] = Field("ddpm", description="the reference's: DDPM")
     resolution: int = Field(512, ge=8)
     clip_rerank: bool = Field(True, description="best of the seeds by CLIP score (>1 seed)")
     clip_model: str | None = Field(None, description="CLIP ViT-L/14 dir for the re-ranking")

@@ -67,9 +67,13 @@ def build_coco_manifest(captions_json: str | Path, num_samples: int, seed: int) 
     """
     try:
         data = json.loads(Path(captions_json).read_text())
+    except (OSError, ValueError) as err:
+        raise ManifestError(f"{captions_json}: not a readable JSON file: {err}") from err
+    _check_coco(captions_json, data)
+    try:
         names = {int(im["id"]): im["file_name"] for im in data["images"]}
         annotations = data["annotations"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError) as err:
         raise ManifestError(f"{captions_json}: not a COCO captions file: {err}") from err
     captions: dict[int, list[tuple[int, str]]] = {}
     for ann in annotations:
@@ -93,6 +97,31 @@ def build_coco_manifest(captions_json: str | Path, num_samples: int, seed: int) 
         "seed": seed,
     }
     return CaptionManifest(items, meta)
+
+
+_COCO_KEYS = {"images": ("id", "file_name"), "annotations": ("id", "image_id", "caption")}
+
+
+def _check_coco(source: str | Path, data: object) -> None:
+    """Name the first thing a COCO captions file lacks (top-level list or an entry's key).
+
+    Raises:
+        ManifestError: naming the missing list or key and the entry's index.
+    """
+    if not isinstance(data, dict):
+        raise ManifestError(
+            f"{source}: not a COCO captions file: expected an object with 'images' and "
+            f"'annotations', got {type(data).__name__}"
+        )
+    for top, keys in _COCO_KEYS.items():
+        if top not in data or not isinstance(data[top], list):
+            raise ManifestError(f"{source}: not a COCO captions file: no '{top}' list")
+        for i, entry in enumerate(data[top]):
+            missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
+            if missing:
+                raise ManifestError(
+                    f"{source}: not a COCO captions file: {top}[{i}] has no {', '.join(missing)}"
+                )
 
 
 def write_manifest(path: str | Path, manifest: CaptionManifest) -> str:

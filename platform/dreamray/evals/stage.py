@@ -8,7 +8,6 @@ images are kept in results stores under `out_dir`, keyed by question id / `<item
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -100,21 +99,44 @@ def run_coco_fid(
 ) -> dict[str, Any]:
     """Fix the caption manifest, generate every (caption, seed) image, re-rank, score.
 
-    Only the manifest exists so far: generation needs the model's text-to-image pipeline.
+    The same code as `evals/coco_fid.py generate-and-score` (`coco_run.generate_and_score`);
+    re-running the stage on the same `out` resumes it.
 
     Raises:
-        NotImplementedError: always, after writing the manifest (generate-and-score is missing).
+        ManifestError: bad captions / too few images; RunMismatchError: `out` holds another run;
+        ValueError: the model's resolution is not `params.resolution`; FidError: bad reference.
     """
-    from dreamray.evals.captions import build_coco_manifest, read_manifest, write_manifest
+    from dreamray.evals.coco_gen import SamplerSettings
+    from dreamray.evals.coco_run import CocoFidRun, generate_and_score
+    from dreamray.evals.fid_eval import FidSettings
 
-    path = out / "manifest.json"
-    manifest = build_coco_manifest(params.captions, params.num_samples, params.manifest_seed)
-    if path.is_file() and read_manifest(path).meta != json.loads(json.dumps(manifest.meta)):
-        raise ValueError(f"{path} was built from other captions or settings: use a new out_dir")
-    if not path.is_file():
-        write_manifest(path, manifest)
-    raise NotImplementedError(
-        f"coco_fid on {model_dir}: generate-and-score needs DreamLLM's text-to-image sampling "
-        f"(DDPM {params.num_inference_steps} steps, guidance {params.guidance_scale}), which "
-        f"dreamray.model does not provide yet; the caption manifest is at {path}"
+    fid = FidSettings(
+        protocol=params.protocol,
+        extractor=params.feature_extractor,
+        inception_weights=params.inception_weights,
+        batch_size=params.feature_batch_size,
+        device="cuda" if pool.num_gpus > 0 else "cpu",
+        pool=pool,
+        progress=False,  # a stage runs unattended: the dreamray_eval_* metrics show progress
     )
+    run = CocoFidRun(
+        model_dir=model_dir,
+        captions=params.captions,
+        num_samples=params.num_samples,
+        seeds=tuple(params.seeds),
+        fid=fid,
+        sampler=SamplerSettings(
+            params.num_inference_steps,
+            params.guidance_scale,
+            params.scheduler,
+            params.generation_batch_size,
+        ),
+        gen_pool=pool,
+        ref_stats=params.ref_stats,
+        ref_images=params.ref_images,
+        clip_model=params.clip_model if params.clip_rerank else None,
+        manifest_seed=params.manifest_seed,
+        resolution=params.resolution,
+        chunk_size=2 * params.generation_batch_size,
+    )
+    return generate_and_score(run, out)

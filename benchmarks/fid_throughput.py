@@ -6,6 +6,8 @@ Writes two folders of varied synthetic images, scores one against the other with
 `compute_fid` (one process, `num_workers=0`) and with dreamray (in-process, and on a Ray actor
 pool, cold = including actor start-up, warm = actors already up), same images and extractor,
 and prints one table: images/s and the ratio to clean-fid. Also checks that the FIDs agree.
+A second table (`--gen-images N`, 0 to skip) is text-to-image generation with the tiny zoo
+DreamLLM (`evals/coco_gen.py`'s `ImageWorker`): in-process, and on an actor pool cold / warm.
 A 1-CPU Ray actor runs one torch thread at niceness 15 (Ray's default for workers); the
 single-process rows are also shown with one torch thread for a like-for-like comparison.
 """
@@ -41,6 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2, help="keep the fastest of N runs per row")
     p.add_argument("--address", help="Ray cluster address (default: a new local cluster)")
+    p.add_argument("--gen-images", type=int, default=32, help="generation table (0: skip)")
+    p.add_argument("--gen-steps", type=int, default=4, help="denoising steps per image")
+    p.add_argument("--gen-batch-size", type=int, default=4)
     return p.parse_args(argv)
 
 
@@ -136,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
             (f"dreamray pool x{args.num_actors}, warm", lambda: run_dreamray_warm(a, b, pooled)),
         ]
         rows = [(name, *fastest(run, args.repeats)) for name, run in runs]
-    return print_table(rows, args)
+    code = print_table(rows, args)
+    if args.gen_images > 0:
+        from generation_throughput import generation_table
+
+        generation_table(args)
+    return code
 
 
 def print_table(rows: list[tuple[str, float, float]], args: argparse.Namespace) -> int:

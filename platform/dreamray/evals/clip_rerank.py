@@ -117,18 +117,28 @@ def rerank_groups(manifest: CaptionManifest, seeds: list[int], out_dir: str | Pa
     ]
 
 
+def pending_groups(groups: list[dict], out_dir: str | Path, store: ResultsStore) -> list[dict]:
+    """The groups without a recorded selection or without the selected image's copy."""
+    target = reranked_dir(out_dir)
+    return [
+        g
+        for g in groups
+        if g["item_id"] not in store or not (target / f"{g['item_id']}.png").is_file()
+    ]
+
+
 def rerank(
-    groups: list[dict],
+    todo: list[dict],
     out_dir: str | Path,
     store: ResultsStore,
     pool: Any,
     chunk_size: int,
     progress: bool = True,
 ) -> int:
-    """Select the best image of every pending group and copy it to `images/reranked/`.
+    """Select the best image of every group in `todo` and copy it to `images/reranked/`.
 
     Args:
-        groups: from `rerank_groups`.
+        todo: groups from `rerank_groups`, usually filtered by `pending_groups`.
         out_dir: the run's output directory.
         store: the selection store (`id` = item id).
         pool: a pool of `ClipWorker`s.
@@ -139,14 +149,8 @@ def rerank(
         How many groups this call ranked.
     """
     target = reranked_dir(out_dir)
-    todo = [
-        g
-        for g in groups
-        if g["item_id"] not in store or not (target / f"{g['item_id']}.png").is_file()
-    ]
     bar = EvalProgress("coco_fid_rerank", len(todo), progress)
-    chunks = chunked(todo, chunk_size) if todo else []
-    for _, records in pool.map_unordered("select", chunks):
+    for _, records in pool.map_unordered("select", chunked(todo, chunk_size)):
         for r in records:
             copy_atomic(r["path"], target / f"{r['id']}.png")
         store.append(records)

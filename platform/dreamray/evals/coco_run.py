@@ -23,7 +23,13 @@ from dreamray.evals.captions import (
     read_manifest,
     write_manifest,
 )
-from dreamray.evals.clip_rerank import ClipWorker, rerank, rerank_groups, reranked_dir
+from dreamray.evals.clip_rerank import (
+    ClipWorker,
+    pending_groups,
+    rerank,
+    rerank_groups,
+    reranked_dir,
+)
 from dreamray.evals.coco_gen import (
     ImageWorker,
     SamplerSettings,
@@ -125,6 +131,20 @@ def generate(run: CocoFidRun, items: list[dict], out: Path) -> tuple[ResultsStor
     return store, made
 
 
+def select(run: CocoFidRun, manifest: CaptionManifest, out: Path) -> int:
+    """CLIP-rank the captions not ranked yet (no CLIP actor is started when none are left).
+
+    Returns:
+        How many captions this call ranked.
+    """
+    store = ResultsStore(out / "reranked.jsonl")
+    todo = pending_groups(rerank_groups(manifest, list(run.seeds), out), out, store)
+    if not todo:
+        return 0
+    with make_pool(ClipWorker, run.gen_pool, run.clip_model) as pool:
+        return rerank(todo, out, store, pool, run.chunk_size, run.fid.progress)
+
+
 def image_resolution(items: list[dict]) -> int:
     """The side of the generated images (read from the first PNG; they are all the same)."""
     from PIL import Image
@@ -212,16 +232,7 @@ def generate_and_score(run: CocoFidRun, out_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"model makes {resolution} px images, the protocol says {run.resolution}")
     folders = {f"seed{s}": seed_dir(out, s) for s in run.seeds}
     if run.clip_model is not None and len(run.seeds) > 1:
-        groups = rerank_groups(manifest, list(run.seeds), out)
-        with make_pool(ClipWorker, run.gen_pool, run.clip_model) as pool:
-            rerank(
-                groups,
-                out,
-                ResultsStore(out / "reranked.jsonl"),
-                pool,
-                run.chunk_size,
-                run.fid.progress,
-            )
+        select(run, manifest, out)
         folders["reranked"] = reranked_dir(out)
     scores, provenance, extractor = score(folders, run, out)
     extra = {

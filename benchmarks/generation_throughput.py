@@ -100,9 +100,9 @@ def generation_table(args: argparse.Namespace) -> None:
         rows += [(f"generation pool x{args.num_actors}, cold", cold)]
         rows += [(f"generation pool x{args.num_actors}, warm", warm)]
     print(
-        f"\\nGeneration throughput: {n} images of the tiny DreamLLM (16 px, {args.gen_steps} DDPM "
+        f"\nGeneration throughput: {n} images of the tiny DreamLLM (16 px, {args.gen_steps} DDPM "
         f"steps, guidance 2.0, batch {args.gen_batch_size}), {os.cpu_count()} CPUs, load average "
-        f"{os.getloadavg()[0]:.1f}\\n"
+        f"{os.getloadavg()[0]:.1f}\n"
     )
     print(f"| {'method':<40} | {'seconds':>8} | {'images/s':>9} |")
     print(f"|{'-' * 42}|{'-' * 10}|{'-' * 11}|")
@@ -112,7 +112,7 @@ def generation_table(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the generation table alone."""
-    p = argparse.ArgumentParser(description=__doc__.split("\\n\\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gen-images", type=int, default=32)
     p.add_argument("--gen-steps", type=int, default=4)
     p.add_argument("--gen-batch-size", type=int, default=4)

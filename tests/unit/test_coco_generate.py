@@ -16,6 +16,7 @@ from dreamray.evals.clip_rerank import build_tiny_clip
 from dreamray.evals.coco_gen import SamplerSettings
 from dreamray.evals.coco_run import generate_and_score
 from dreamray.evals.results import ResultsStore
+from dreamray.metrics.fid import FidError
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +134,8 @@ def test_bad_captions_and_too_many_samples_are_named(inputs, tmp_path):
         _run(inputs, tmp_path / "b", captions=str(tmp_path / "bad2.json"))
     with pytest.raises(ManifestError, match="7 samples asked, only 6"):
         _run(inputs, tmp_path / "c", num_samples=7)
+    with pytest.raises(FidError, match="missing.npz"):  # before any image is generated
+        _run(inputs, tmp_path / "d", ref_stats=str(tmp_path / "missing.npz"))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        _run(inputs, tmp_path / "d", clip_model=str(tmp_path))
+    assert not (tmp_path / "d").exists()

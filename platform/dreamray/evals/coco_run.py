@@ -98,6 +98,22 @@ def fix_manifest(run: CocoFidRun, out: Path) -> tuple[CaptionManifest, str]:
     return manifest, sha256_file(path)
 
 
+def check_inputs(run: CocoFidRun) -> None:
+    """Fail before hours of generation on inputs that scoring or ranking would reject.
+
+    Raises:
+        FidError: missing or unreadable reference statistics.
+        FileNotFoundError: a missing reference folder or CLIP dir.
+        StatsDimensionError: reference statistics of another dimension than the extractor's.
+    """
+    if run.ref_stats is not None:
+        load_stats(run.ref_stats, expected_dim=run.fid.feature_dim())
+    if run.ref_images is not None and not Path(run.ref_images).is_dir():
+        raise FileNotFoundError(f"reference image folder {run.ref_images} does not exist")
+    if run.clip_model is not None and not (Path(run.clip_model) / "config.json").is_file():
+        raise FileNotFoundError(f"CLIP dir {run.clip_model} has no config.json")
+
+
 def check_run_card(run: CocoFidRun, out: Path) -> dict[str, Any]:
     """Write `run.json` (model hash + sampler) or check that it matches this run.
 
@@ -216,8 +232,10 @@ def generate_and_score(run: CocoFidRun, out_dir: str | Path) -> dict[str, Any]:
 
     Raises:
         ManifestError: bad captions file / too few images; RunMismatchError: out_dir of another
-        run; ValueError: model resolution differs from `run.resolution`; FidError: bad reference.
+        run; ValueError: model resolution differs from `run.resolution`; FidError: bad reference;
+        FileNotFoundError: a missing reference folder or CLIP dir (checked before generating).
     """
+    check_inputs(run)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest, manifest_sha = fix_manifest(run, out)

@@ -45,6 +45,9 @@ def test_coco_fid_stage_generates_and_scores_in_process(tiny_zoo, tmp_path):
     wrong = spec.eval.params.model_copy(update={"resolution": 512})
     with pytest.raises(ValueError, match="16 px"):  # a re-run finds the images, checks the size
         run_coco_fid(wrong, str(artifact), tmp_path / "out", local)
+    with pytest.raises(ValueError, match="16 px"):  # a new run: checked before generating
+        run_coco_fid(wrong, str(artifact), tmp_path / "new", local)
+    assert not list((tmp_path / "new").rglob("*.png"))
 
 
 def test_vqa_stage_reads_its_questions_before_starting_actors(tmp_path):

@@ -143,6 +143,7 @@ def generate(run: CocoFidRun, items: list[dict], out: Path) -> tuple[ResultsStor
     if not pending_items(items, store):
         return store, 0
     with make_pool(ImageWorker, run.gen_pool, run.model_dir, run.sampler) as pool:
+        check_resolution(run, pool.call_ready("info")[0]["resolution"])  # before hours of work
         made = generate_missing(items, store, pool, run.chunk_size, run.fid.progress, run.max_items)
     return store, made
 
@@ -159,6 +160,17 @@ def select(run: CocoFidRun, manifest: CaptionManifest, out: Path) -> int:
         return 0
     with make_pool(ClipWorker, run.gen_pool, run.clip_model) as pool:
         return rerank(todo, out, store, pool, run.chunk_size, run.fid.progress)
+
+
+def check_resolution(run: CocoFidRun, resolution: int) -> int:
+    """Return `resolution` when it is the protocol's (or the protocol names none).
+
+    Raises:
+        ValueError: the model makes images of another size than `run.resolution`.
+    """
+    if run.resolution is not None and resolution != run.resolution:
+        raise ValueError(f"model makes {resolution} px images, the protocol says {run.resolution}")
+    return resolution
 
 
 def image_resolution(items: list[dict]) -> int:
@@ -245,9 +257,7 @@ def generate_and_score(run: CocoFidRun, out_dir: str | Path) -> dict[str, Any]:
     missing = len(pending_items(items, store))
     if missing:
         return {"status": "incomplete", "generated": made, "missing": missing}
-    resolution = image_resolution(items)
-    if run.resolution is not None and resolution != run.resolution:
-        raise ValueError(f"model makes {resolution} px images, the protocol says {run.resolution}")
+    resolution = check_resolution(run, image_resolution(items))
     folders = {f"seed{s}": seed_dir(out, s) for s in run.seeds}
     if run.clip_model is not None and len(run.seeds) > 1:
         select(run, manifest, out)
@@ -255,7 +265,7 @@ def generate_and_score(run: CocoFidRun, out_dir: str | Path) -> dict[str, Any]:
     scores, provenance, extractor = score(folders, run, out)
     extra = {
         "reference": provenance,
-        "ref_stats_sha256": provenance.get("sha256"),
+        "ref_stats_sha256": provenance["sha256"] if provenance["kind"] == "stats" else None,
         "feature_extractor": extractor,
     }
     result = summarize(scores, list(run.seeds))

@@ -74,9 +74,11 @@ def test_killed_run_resumes_only_missing_items_with_the_same_fid(inputs, tmp_pat
     # A record whose PNG is gone (deleted, or a crash between rename and fsync) is redone.
     victim = next((tmp_path / "part" / "images" / "seed43").glob("*.png"))
     victim.unlink()
+    (victim.parent / f".{victim.name}.abc.tmp").write_bytes(b"torn")  # a killed actor's temp
     count_prompts.clear()
     again = _run(inputs, tmp_path / "part", clip_model=clip)
     assert len(count_prompts) == 1 and again["fid"] == whole["fid"]
+    assert again["folders"]["seed43"]["skipped"] == []  # the stale temp file was removed
 
 
 def test_scores_carry_the_protocol_card_and_a_grid(inputs, tmp_path):

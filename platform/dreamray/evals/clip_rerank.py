@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamray.evals.captions import CaptionManifest
-from dreamray.evals.coco_gen import IMAGES_DIR, seed_dir
+from dreamray.evals.coco_gen import IMAGES_DIR, TEMP_SUFFIX, seed_dir
 from dreamray.evals.pool import chunked
 from dreamray.evals.results import ResultsStore
 from dreamray.evals.telemetry import EvalProgress
@@ -163,7 +163,7 @@ def copy_atomic(src: str | Path, dst: str | Path) -> None:
     """Copy a file through a temp file next to `dst` and a rename."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)

@@ -29,6 +29,7 @@ from dreamray.evals.telemetry import EvalProgress
 
 IMAGES_DIR = "images"
 STAGE_FILE = "stage.json"
+TEMP_SUFFIX = ".tmp"  # hidden `.<name>.<random>.tmp` files: never an image to clean-fid's glob
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def save_png_atomic(image: Any, path: str | Path) -> None:
     """Save a PIL image as PNG through a temp file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         image.save(tmp, format="PNG")
@@ -94,6 +95,20 @@ def save_png_atomic(image: Any, path: str | Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_stale_temps(folder: str | Path) -> int:
+    """Delete the temp files a killed run left in `folder` (they would show up as skipped files).
+
+    Only for a folder no other process is writing to (one run per out_dir).
+
+    Returns:
+        How many were removed.
+    """
+    stale = list(Path(folder).glob(f".*{TEMP_SUFFIX}")) if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink()
+    return len(stale)
 
 
 class ImageWorker:

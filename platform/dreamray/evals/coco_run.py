@@ -36,6 +36,7 @@ from dreamray.evals.coco_gen import (
     artifact_hash,
     generate_missing,
     pending_items,
+    remove_stale_temps,
     sampler_card,
     seed_dir,
     work_items,
@@ -253,6 +254,8 @@ def generate_and_score(run: CocoFidRun, out_dir: str | Path) -> dict[str, Any]:
     manifest, manifest_sha = fix_manifest(run, out)
     check_run_card(run, out)
     items = work_items(manifest, list(run.seeds), out)
+    for folder in [*(seed_dir(out, s) for s in run.seeds), reranked_dir(out)]:
+        remove_stale_temps(folder)
     store, made = generate(run, items, out)
     missing = len(pending_items(items, store))
     if missing:

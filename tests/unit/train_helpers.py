@@ -57,3 +57,55 @@ def nan_batch(batch: dict) -> dict:
     out = dict(batch)
     out["clip_pixel_values"] = torch.full_like(batch["clip_pixel_values"], float("nan"))
     return out
+
+
+class RankSession:
+    """A `Session` for one of several processes of this machine (no Ray): no resume; reports
+    are written to `<root>/reports.rank<r>.jsonl`, the final artifact is kept under `root`."""
+
+    def __init__(self, root: str, rank: int, world_size: int):
+        self.root, self.rank, self.local_rank, self.world_size = Path(root), rank, rank, world_size
+        self.attempt_dir = self.root
+
+    def latest_checkpoint(self):
+        from contextlib import nullcontext
+
+        return nullcontext(None)
+
+    def report(self, metrics, checkpoint_dir=None):
+        import json
+        import shutil
+
+        with (self.root / f"reports.rank{self.rank}.jsonl").open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        artifact = None if checkpoint_dir is None else Path(checkpoint_dir) / "artifact"
+        if artifact is not None and artifact.is_dir():
+            shutil.copytree(artifact, self.root / "artifact", dirs_exist_ok=True)
+
+    def dataset_shard(self):
+        raise RuntimeError("batches are given")
+
+
+def rank_main(
+    rank: int, world_size: int, port: int, zoo_dir: str, root: str, kinds: list,
+    zero_stage: int = 3, steps: int = 2,
+) -> None:
+    """One rank of a multi-process in-process run (a `multiprocessing` spawn target)."""
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), DS_ACCELERATOR="cpu",
+                      HF_HUB_OFFLINE="1")
+    torch.set_num_threads(1)
+    from dreamray.train.worker import RunInfo, train_worker
+    from dreamray.zoo import build_tiny_zoo
+
+    zoo = build_tiny_zoo(Path(zoo_dir), seed=0)  # already built: reused
+    stage = tiny_stage(zoo, "stage2", steps=steps,
+                       checkpoint={"every_n_steps": 1000, "keep_last": 1, "max_failures": 0})
+    ds = stage.deepspeed.model_copy(update={"zero_stage": zero_stage, "global_batch_size": 4})
+    scaling = stage.scaling.model_copy(update={"num_workers": world_size})
+    stage = stage.model_copy(update={"deepspeed": ds, "scaling": scaling})
+    run = RunInfo(name="t", run_name="t", run_dir=None)
+    session = RankSession(root, rank, world_size)
+    train_worker(stage, run, session, batches=fixed_batches(zoo, stage, (kinds[rank],)))

@@ -1,0 +1,81 @@
+"""Two ranks in two processes of this machine (gloo, no Ray) whose batches differ in kind:
+rank 0 has IMG and DRM blocks, rank 1 only IMG blocks (no creation sample). ZeRO-0 averages
+gradients in a fixed order after backward and is the reference; ZeRO-2 (gradient buckets filled
+in backward order) and ZeRO-3 (parameters gathered when their module runs) must match it.
+
+Known failure (model issue, see xfail reasons): `DreamLLM.forward` runs its zero-weighted dummy
+passes at other points of the forward than the real blocks (the CLIP dummy after the LLM, a
+second `dream_embedding` call in `_vm_loss`), so the two ranks run modules and produce gradients
+in different orders: ZeRO-2 sums mismatched bucket slices (silently wrong gradients), ZeRO-3
+pairs mismatched all-gathers (gloo size error).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import multiprocessing as mp
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+# the in-process train helpers live with the unit tests (spawned ranks inherit sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+rank_main = importlib.import_module("train_helpers").rank_main
+
+TIMEOUT_S = 400
+KINDS = ["mixed", "no_dreams"]
+ORDER_BUG = ("DreamLLM dummy passes run at other points of the forward than real blocks: "
+             "ranks with different batch kinds reduce/gather in different orders")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_two_ranks(zoo, root, zero_stage: int) -> list[dict]:
+    ctx = mp.get_context("spawn")
+    port, zoo_dir = _free_port(), str(zoo.llm.parent)
+    procs = [ctx.Process(target=rank_main,
+                         args=(r, 2, port, zoo_dir, str(root), KINDS, zero_stage, 3))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(TIMEOUT_S)
+    hung = [p.pid for p in procs if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert not hung, f"ranks {hung} still running after {TIMEOUT_S}s: a collective hung"
+    assert [p.exitcode for p in procs] == [0, 0]
+    return [json.loads(line) for line in (root / "reports.rank0.jsonl").read_text().split("\n")
+            if line]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_zoo, tmp_path_factory):
+    return run_two_ranks(tiny_zoo, tmp_path_factory.mktemp("zero0"), 0)
+
+
+def _same(a, b):
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5)
+    assert [r["grad_norm"] for r in a] == pytest.approx([r["grad_norm"] for r in b], rel=1e-4)
+
+
+def test_reference_runs(reference):
+    assert reference[-1]["step"] == 3 and reference[-1]["samples_global"] == 12
+
+
+@pytest.mark.xfail(reason=ORDER_BUG, strict=True)
+def test_zero2_matches_zero0(tiny_zoo, tmp_path, reference):
+    _same(run_two_ranks(tiny_zoo, tmp_path, 2), reference)
+
+
+@pytest.mark.xfail(reason=ORDER_BUG, strict=True)
+def test_zero3_matches_zero0_without_hanging(tiny_zoo, tmp_path, reference):
+    _same(run_two_ranks(tiny_zoo, tmp_path, 3), reference)

@@ -31,9 +31,13 @@ STAGE_ONE = ("stage1_comprehension", "stage1_creation")
 CPUS = "stage_defaults.scaling.cpus_per_worker=2.0"
 JOB_TIMEOUT_S = 1500
 
-pytestmark = pytest.mark.skipif(
-    not (REPO / "platform" / "dreamray" / "orchestration" / "launcher.py").exists(),
-    reason="needs the stage launcher (dreamray.orchestration.launcher)")
+pytestmark = [
+    pytest.mark.skipif(
+        not (REPO / "platform" / "dreamray" / "orchestration" / "launcher.py").exists(),
+        reason="needs the stage launcher (dreamray.orchestration.launcher)"),
+    # Each test waits on up to two jobs of a few minutes each on a shared 2-core machine.
+    pytest.mark.timeout(2 * JOB_TIMEOUT_S),
+]
 
 
 @pytest.fixture(scope="module")

@@ -116,7 +116,7 @@ def _run_info(name: str, stage: TrainStageSpec, storage_path: str, run_name: str
 
 
 def _trainer(stage: TrainStageSpec, run: RunInfo, storage_path: str) -> Any:
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     sc = stage.scaling
@@ -137,8 +137,18 @@ def _trainer(stage: TrainStageSpec, run: RunInfo, storage_path: str) -> Any:
             failure_config=FailureConfig(max_failures=stage.checkpoint.max_failures),
         ),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=[]),  # each rank reads its own dataset
+        dataset_config=_data_config(),
     )
+
+
+def _data_config() -> Any:
+    from ray.train import DataConfig
+
+    # Each rank reads its own dataset (no split). Ray Train replaces every dataset's execution
+    # options with these, so the record order the datasets ask for must be asked for here too.
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return DataConfig(datasets_to_split=[], execution_options=options)
 
 
 def _is_final(checkpoint: Any) -> bool:

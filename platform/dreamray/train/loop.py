@@ -78,6 +78,7 @@ class StepMetrics:
     images_per_s: float
     samples_global: int
     nan_skipped: bool
+    ended_at: float  # wall clock (epoch s) at the step's end: gaps include per-step reporting
 
     def as_dict(self) -> dict[str, float | int | bool]:
         """Plain dict for reporting (Ray metrics must not hold tensors)."""
@@ -251,6 +252,7 @@ def _finish_step(ctx, state, totals, lr, skipped, elapsed) -> StepMetrics:
         images_per_s=(sums["clip_images"] + sums["sd_images"]) / elapsed,
         samples_global=state.samples_global,
         nan_skipped=skipped,
+        ended_at=time.time(),
     )
 
 

@@ -54,7 +54,7 @@ class TensorBoardSink:
         """Add every numeric metric as a scalar at `metrics["step"]`."""
         step = int(metrics["step"])
         for key, value in metrics.items():
-            if key != "step" and isinstance(value, (int, float)):
+            if key not in ("step", "ended_at") and isinstance(value, (int, float)):
                 self.writer.add_scalar(f"train/{key}", value, step)
 
     def close(self) -> None:

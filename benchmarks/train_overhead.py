@@ -1,0 +1,157 @@
+"""Train overhead: the real stage launcher (Ray Train + DeepSpeed ZeRO-2, 1 worker, data through
+the Ray Data pipeline, per-step reports, metrics sinks) vs a bare single-process PyTorch loop
+over the same model and the same pre-built batches.
+
+The model: the tiny zoo's CLIP and SD towers with a bigger LLM (width 256, 4 layers) and
+sequences up to 256 tokens, so that a bare step takes a few hundred ms. Both sides run torch on
+one thread (Ray gives a 1-CPU worker OMP_NUM_THREADS=1). Steady state = wall time between the
+end of step `warmup` and the end of the last step (start-up, compilation of the first steps and
+the final checkpoint excluded). Prints one table.
+
+    .venv/bin/python benchmarks/train_overhead.py [--steps 40] [--warmup 8] [--micro-batch 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE2 = ["llm", "embed_tokens", "lm_head", "vision_projector", "dream_queries",
+          "condition_projector"]
+
+
+def wider_llm(src: Path, out: Path, width: int, layers: int) -> Path:
+    """A random Llama of the given width/depth with the tiny zoo's tokenizer."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig.from_pretrained(src)
+    config.hidden_size, config.intermediate_size = width, 2 * width
+    config.num_hidden_layers, config.num_attention_heads = layers, 4
+    config.num_key_value_heads, config.max_position_embeddings = 4, 512
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return out
+
+
+def make_stage(root: Path, zoo, llm: Path, args) -> object:
+    from dreamray.config.load import load_recipe
+
+    steps = args.steps
+    overrides = {
+        "root": str(root),
+        "stage_defaults.model.llm_path": str(llm),
+        "stage_defaults.model.vision_path": str(zoo.vision),
+        "stage_defaults.model.diffusion_path": str(zoo.diffusion),
+        "stage_defaults.model.max_length": 256,
+        "stage_defaults.model.num_dream_queries": 32,
+        "stage_defaults.deepspeed.zero_stage": 2,
+        "stage_defaults.deepspeed.global_batch_size": args.micro_batch,
+        "stage_defaults.deepspeed.micro_batch_per_gpu": args.micro_batch,
+        "stage_defaults.checkpoint.every_n_steps": 10_000,
+        "stages.stage2.data.num_samples": steps * args.micro_batch,
+        "stages.stage2.init": {"llm": "base", "plugins": "base"},
+        "stages.stage2.needs": [],
+    }
+    recipe = load_recipe(REPO / "pipelines" / "recipes" / "tiny.yaml", overrides=overrides)
+    return recipe.stages["stage2"]
+
+
+def prebuilt_batches(stage) -> list[dict]:
+    """The exact micro-batches rank 0 of the launcher will get, built once up front."""
+    from dreamray.data.batches import iter_train_batches, make_collate_spec
+    from dreamray.orchestration.train_data import build_rank_dataset
+    from dreamray.train.worker import tokenizer_dir
+
+    ds = build_rank_dataset(stage, tokenizer_dir(stage), 0, 1)
+    spec = make_collate_spec(stage, tokenizer_dir(stage))
+    batches = iter_train_batches(ds.iterator(), spec, stage.deepspeed.micro_batch_per_gpu,
+                                 stage.total_steps, None)
+    return [b for b, _ in batches]
+
+
+def bare_loop(stage, batches: list[dict]) -> list[float]:
+    """Plain PyTorch: forward, backward, clip, AdamW, cosine schedule; returns step end times."""
+    from dreamray.model.groups import freeze_all_but
+    from dreamray.train.engine import build_stage_model
+    from dreamray.train.optim import build_optimizer, build_scheduler
+
+    torch.manual_seed(stage.seed)
+    model = build_stage_model(stage)
+    freeze_all_but(model, stage.trainable)
+    opt = build_optimizer(model, stage.optim)
+    sched = build_scheduler(opt, stage.optim, stage.total_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    ends = []
+    for batch in batches:
+        out = model(**batch, lm_weight=stage.loss.lm, vm_weight=stage.loss.vm)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, stage.deepspeed.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        ends.append(time.time())
+    return ends
+
+
+def steady_rate(ends: list[float], warmup: int) -> float:
+    """Steps per second between the end of step `warmup` and the end of the last step."""
+    return (len(ends) - warmup) / (ends[-1] - ends[warmup - 1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=8)
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = parser.parse_args()
+
+    import ray
+
+    from dreamray.data.tiny import build_tiny_data
+    from dreamray.orchestration.launcher import run_train_stage
+    from dreamray.zoo import build_tiny_zoo
+
+    torch.set_num_threads(1)
+    root = Path(tempfile.mkdtemp(prefix="dreamray-bench-"))
+    try:
+        zoo = build_tiny_zoo(root / "zoo", seed=0)
+        llm = wider_llm(zoo.llm, root / "llm256", width=256, layers=4)
+        build_tiny_data(root / ".cache" / "tiny" / "data", seed=0, use_ray=False)
+        stage = make_stage(root, zoo, llm, args)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        batches = prebuilt_batches(stage)
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches) / len(batches)
+        bare = steady_rate(bare_loop(stage, batches), args.warmup)
+        out = run_train_stage(stage, name="stage2", storage_path=str(root / "runs"),
+                              run_name="bench", artifact_dir=str(root / "artifact"), inputs={})
+        ray_rate = steady_rate([r["ended_at"] for r in out.history], args.warmup)
+        print(f"\nsteps={args.steps} warmup={args.warmup} micro_batch={args.micro_batch} "
+              f"mean tokens/batch={tokens:.0f} llm=256x4 torch threads=1")
+        print("| loop | steps/s | s/step | ratio to bare |")
+        print("|---|---|---|---|")
+        print(f"| bare PyTorch (same batches) | {bare:.3f} | {1 / bare:.3f} | 1.00 |")
+        print(f"| Ray Train + DeepSpeed ZeRO-2 + Ray Data | {ray_rate:.3f} | {1 / ray_rate:.3f} "
+              f"| {bare / ray_rate:.2f} |")
+        print(f"overhead: {100 * (bare / ray_rate - 1):.1f}% (target <= 15%)")
+        ray.shutdown()
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

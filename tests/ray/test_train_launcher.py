@@ -1,0 +1,131 @@
+"""The stage launcher on the shared local Ray cluster: the tiny recipe's four train stages (2
+workers, ZeRO-2, the Ray Data pipeline over synthetic shards) and a worker killed mid-stage.
+
+Fits are expensive (10-14 s of fixed cost each), so the module runs each stage once and the
+tests read the outcomes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamray.config.load import load_recipe
+from dreamray.model.dreamllm import DreamLLM
+from dreamray.model.groups import GROUP_NAMES, parameters_by_group
+from dreamray.orchestration.context import StageContext
+from dreamray.orchestration.launcher import run_train_stage
+from dreamray.orchestration.merge import run_merge_stage
+from dreamray.orchestration.preflight import StageCheckError, check_train_stage, resolve_init
+from dreamray.orchestration.train_data import data_state_of, latest_checkpoint
+from dreamray.train.engine import build_stage_model
+from dreamray.train.faults import FAULT_ENV
+
+REPO = Path(__file__).resolve().parents[2]
+# Set at collection, before the session's Ray cluster starts: Train's controller polls workers
+# this often (the default 2 s adds seconds to every fit and to failure detection).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+TRAIN_ORDER = ("stage1_comprehension", "stage1_creation", "stage2", "sft")
+
+
+@pytest.fixture(scope="module")
+def recipe(tiny_zoo, tmp_path_factory):
+    from dreamray.data.tiny import build_tiny_data
+
+    root = tmp_path_factory.mktemp("tiny")
+    build_tiny_data(root / ".cache" / "tiny" / "data", seed=0, use_ray=False)
+    overrides = {
+        "root": str(root),
+        "stage_defaults.model.llm_path": str(tiny_zoo.llm),
+        "stage_defaults.model.vision_path": str(tiny_zoo.vision),
+        "stage_defaults.model.diffusion_path": str(tiny_zoo.diffusion),
+        "stage_defaults.scaling.num_workers": 2,
+    }
+    return load_recipe(REPO / "pipelines" / "recipes" / "tiny.yaml", overrides=overrides)
+
+
+def _train(recipe, name, storage, artifacts, run_name=None):
+    stage = recipe.stages[name]
+    inputs = {ref: str(artifacts[ref]) for ref in stage.input_stages()}
+    out = run_train_stage(stage, name=name, storage_path=str(storage), run_name=run_name or name,
+                          artifact_dir=str(storage / "artifacts" / name), inputs=inputs)
+    artifacts[name] = Path(out.artifact_dir)
+    return out, inputs
+
+
+def _merge(recipe, storage, artifacts):
+    name = "merge"
+    ctx = StageContext(name=name, identity="test", spec_hash="test",
+                       artifact_dir=str(storage / "artifacts" / name), train_storage=str(storage),
+                       train_run_name=name, inputs={n: str(artifacts[n]) for n in
+                                                    recipe.stages[name].input_stages()})
+    artifacts[name] = Path(run_merge_stage(recipe.stages[name], ctx).artifact_dir)
+
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, recipe, tmp_path_factory):
+    os.environ.pop(FAULT_ENV, None)
+    storage = tmp_path_factory.mktemp("runs")
+    artifacts, outcomes = {}, {}
+    for name in TRAIN_ORDER:
+        if name == "stage2":
+            _merge(recipe, storage, artifacts)
+        outcomes[name] = _train(recipe, name, storage, artifacts)
+    return storage, outcomes
+
+
+def _checksums(model) -> dict[str, float]:
+    return {g: sum(float(p.detach().double().sum()) + float(p.detach().double().abs().sum())
+                   for _, p in ps) for g, ps in parameters_by_group(model).items()}
+
+
+@pytest.mark.parametrize("name", TRAIN_ORDER)
+def test_stage_trains_exactly_its_groups(recipe, trained, name):
+    stage = recipe.stages[name]
+    out, inputs = trained[1][name]
+    planned = stage.total_steps
+    assert out.steps == planned and out.samples == planned * stage.deepspeed.global_batch_size
+    assert len(out.history) == planned and all(r["loss"] == r["loss"] for r in out.history)
+    torch.manual_seed(stage.seed)
+    before = _checksums(build_stage_model(resolve_init(stage, inputs)))
+    after = _checksums(DreamLLM.from_pretrained(out.artifact_dir))
+    assert {g for g in GROUP_NAMES if before[g] != after[g]} == set(stage.trainable)
+    assert (Path(out.artifact_dir) / "stage.json").is_file()
+    assert (Path(trained[0]) / name / "tensorboard").is_dir()
+
+
+def test_killed_worker_resumes_to_the_planned_step(recipe, trained, monkeypatch):
+    storage, outcomes = trained
+    name = "stage1_comprehension"
+    stage = recipe.stages[name]
+    monkeypatch.setenv(FAULT_ENV, "3")  # after step 3; the last checkpoint is after step 2
+    out, _ = _train(recipe, name, storage, {}, run_name="comprehension-killed")
+    run_dir = storage / "comprehension-killed"
+    assert (run_dir / "fault_fired_step3").is_file()  # the fault did fire
+    planned = stage.total_steps
+    assert out.steps == planned and out.samples == planned * stage.deepspeed.global_batch_size
+    data = data_state_of(latest_checkpoint(str(run_dir)))
+    # every consumed position once: the consumed set is exactly as large as the count
+    assert data.counters.samples == out.samples
+    assert len(data.consumed) == data.counters.samples + data.counters.num_skipped
+    reference = {r["step"]: r["loss"] for r in outcomes[name][0].history}
+    resumed = {r["step"]: r["loss"] for r in out.history}
+    assert resumed[3] == pytest.approx(reference[3], rel=1e-6)
+    assert resumed[planned] == pytest.approx(reference[planned], rel=1e-6)
+
+
+def test_preflight_reports_every_problem(recipe, tmp_path):
+    stage = recipe.stages["stage2"]
+    empty = tmp_path / "empty_source"
+    empty.mkdir()
+    data = stage.data.model_copy(update={"sources": [
+        stage.data.sources[0].model_copy(update={"path": str(empty)})]})
+    broken = stage.model_copy(update={"data": data})
+    with pytest.raises(StageCheckError) as err:
+        check_train_stage(broken, inputs={})
+    text = str(err.value)
+    assert "init.plugins: stage:merge has no input artifact" in text
+    assert "data.sources.0" in text and "no *.parquet" in text

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -64,6 +65,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     recipe = load_recipe(args.recipe, {"root": str(REPO)})
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="dag-parallel-") as tmp:
         run_stages(recipe, Path(tmp) / "warmup", STAGE_ONE[:1])
         results = [one_repeat(recipe, Path(tmp), i) for i in range(args.repeats)]
@@ -83,6 +85,10 @@ def main() -> None:
         f"\nparallel / sequential = {walls['parallel'] / walls['sequential']:.2f} "
         f"(target <= 0.65) on {args.num_cpus} logical CPUs"
     )
+    # The stages are CPU-bound here (process start-up, imports, model build, data pipeline):
+    # the ratio means something only next to the machine's cores and what else ran on them.
+    print(f"machine: {os.cpu_count()} cores; 1-min load average {load_before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test test-unit lint tiny demo dry-run head stop-head clean
+.PHONY: venv test test-e2e test-unit lint tiny demo dry-run head stop-head clean
 
 # The venv is rebuilt only when pyproject.toml or constraints.txt change. torch/torchvision go
 # first, as the tested pair (see docs/ARCHITECTURE.md, "Install").
@@ -22,8 +22,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# CI's command: the unit and ray tiers. The e2e tier (whole tiny recipe as Ray jobs on a
+# two-node local cluster, ~10+ min on 2 cores) runs with `make test-e2e`.
 test: venv
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests/unit tests/ray -q
+
+test-e2e: venv
+	$(PY) -m pytest tests/e2e -q
 
 test-unit: venv
 	$(PY) -m pytest tests/unit -q

@@ -8,7 +8,7 @@ one thread (Ray gives a 1-CPU worker OMP_NUM_THREADS=1). Steady state = wall tim
 end of step `warmup` and the end of the last step (start-up, compilation of the first steps and
 the final checkpoint excluded). Prints one table.
 
-    .venv/bin/python benchmarks/train_overhead.py [--steps 40] [--warmup 8] [--micro-batch 4]
+    .venv/bin/python benchmarks/train_overhead.py [--steps 60] [--warmup 8] [--micro-batch 4]
 """
 
 from __future__ import annotations
@@ -106,6 +106,18 @@ def bare_loop(stage, batches: list[dict]) -> list[float]:
     return ends
 
 
+def deepspeed_in_process(stage, batches: list[dict], root: Path) -> list[float]:
+    """The same worker code without Ray (DeepSpeed world size 1): step end times."""
+    from dreamray.train.session import LocalSession
+    from dreamray.train.worker import RunInfo, train_worker
+
+    session = LocalSession(root)
+    train_worker(stage, RunInfo(name="stage2", run_name="local", run_dir=None), session,
+                 batches=iter(batches))
+    by_step = {r["step"]: r["ended_at"] for r in session.reports if "ended_at" in r}
+    return [by_step[s] for s in sorted(by_step)]
+
+
 def steady_rate(ends: list[float], warmup: int) -> float:
     """Steps per second between the end of step `warmup` and the end of the last step."""
     return (len(ends) - warmup) / (ends[-1] - ends[warmup - 1])
@@ -113,7 +125,7 @@ def steady_rate(ends: list[float], warmup: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
@@ -135,18 +147,34 @@ def main() -> None:
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         batches = prebuilt_batches(stage)
         tokens = sum(int(b["attention_mask"].sum()) for b in batches) / len(batches)
-        bare = steady_rate(bare_loop(stage, batches), args.warmup)
+        # The bare loop runs before and after the Ray run: on a shared machine the load drifts,
+        # and the two bare rates bracket it.
+        bare_before = steady_rate(bare_loop(stage, batches), args.warmup)
+        ds_rate = steady_rate(deepspeed_in_process(stage, batches, root / "local"), args.warmup)
         out = run_train_stage(stage, name="stage2", storage_path=str(root / "runs"),
                               run_name="bench", artifact_dir=str(root / "artifact"), inputs={})
         ray_rate = steady_rate([r["ended_at"] for r in out.history], args.warmup)
+        bare_after = steady_rate(bare_loop(stage, batches), args.warmup)
+        bare = (bare_before + bare_after) / 2
         print(f"\nsteps={args.steps} warmup={args.warmup} micro_batch={args.micro_batch} "
               f"mean tokens/batch={tokens:.0f} llm=256x4 torch threads=1")
         print("| loop | steps/s | s/step | ratio to bare |")
         print("|---|---|---|---|")
-        print(f"| bare PyTorch (same batches) | {bare:.3f} | {1 / bare:.3f} | 1.00 |")
+        for label, rate in (("before", bare_before), ("after", bare_after)):
+            print(f"| bare PyTorch, {label} (same batches) | {rate:.3f} | {1 / rate:.3f} | "
+                  f"{bare / rate:.2f} |")
+        print(f"| DeepSpeed ZeRO-2 in process, same batches (no Ray) | {ds_rate:.3f} | "
+              f"{1 / ds_rate:.3f} | {bare / ds_rate:.2f} |")
         print(f"| Ray Train + DeepSpeed ZeRO-2 + Ray Data | {ray_rate:.3f} | {1 / ray_rate:.3f} "
               f"| {bare / ray_rate:.2f} |")
         print(f"overhead: {100 * (bare / ray_rate - 1):.1f}% (target <= 15%)")
+        steady = out.history[args.warmup:]
+        mean = lambda key: sum(r[key] for r in steady) / len(steady)  # noqa: E731
+        gaps = [b["ended_at"] - a["ended_at"] for a, b in zip(steady, steady[1:], strict=False)]
+        print(f"Ray side per step: {mean('step_time_s'):.3f} s in the loop, of which "
+              f"{mean('data_wait_s'):.3f} s waiting for data; "
+              f"{sum(gaps) / len(gaps) - mean('step_time_s'):.3f} s between steps "
+              f"(report, metrics sinks)")
         ray.shutdown()
     finally:
         if not args.keep:

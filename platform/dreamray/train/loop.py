@@ -73,6 +73,7 @@ class StepMetrics:
     lr: float
     grad_norm: float
     step_time_s: float
+    data_wait_s: float  # of step_time_s: waiting for this rank's batches (pipeline behind?)
     tokens_per_s: float
     samples_per_s: float
     images_per_s: float
@@ -101,6 +102,7 @@ class LoopContext:
     compute_dtype: torch.dtype = torch.float32
     manual_grad_norm: bool = False  # ZeRO-0 + fp32: DeepSpeed records no gradient norm
     last_grad_norm: float = float("nan")
+    data_wait_s: float = 0.0
 
 
 def _all_reduce(t: torch.Tensor, world_size: int, op=None) -> torch.Tensor:
@@ -211,8 +213,11 @@ def optimizer_step(ctx: LoopContext, batches: Iterator, state: TrainState) -> St
     totals = torch.zeros(len(_STATS), dtype=torch.float64)
     ctx.optimizer.skip_next = False
     ctx.last_grad_norm = float("nan")
+    ctx.data_wait_s = 0.0
     for _ in range(ctx.accum):
+        fetch = time.perf_counter()
         batch = _next_or_none(batches, ctx)
+        ctx.data_wait_s += time.perf_counter() - fetch
         totals += micro_step(ctx, batch, ctx.engine.is_gradient_accumulation_boundary())
         state.samples_rank += int(batch["input_ids"].shape[0])
     skipped = ctx.optimizer.skip_next or not ctx.engine.was_step_applied()
@@ -247,6 +252,7 @@ def _finish_step(ctx, state, totals, lr, skipped, elapsed) -> StepMetrics:
         lr=lr,
         grad_norm=grad_norm,
         step_time_s=elapsed,
+        data_wait_s=ctx.data_wait_s,
         tokens_per_s=sums["tokens"] / elapsed,
         samples_per_s=sums["samples"] / elapsed,
         images_per_s=(sums["clip_images"] + sums["sd_images"]) / elapsed,

@@ -14,7 +14,7 @@ from typing import Any
 
 PREFIX = "dreamray_train_"
 GAUGES = (
-    "loss", "lm_loss", "vm_loss", "lr", "grad_norm", "step_time_s", "tokens_per_s",
+    "loss", "lm_loss", "vm_loss", "lr", "grad_norm", "step_time_s", "data_wait_s", "tokens_per_s",
     "samples_per_s", "images_per_s", "step", "samples_global",
 )
 HISTORY_FILE = "metrics.jsonl"

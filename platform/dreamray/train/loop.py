@@ -224,7 +224,7 @@ def optimizer_step(ctx: LoopContext, batches: Iterator, state: TrainState) -> St
     ctx.optimizer.skip_next = False
     with warnings.catch_warnings():
         # A skipped step never called optimizer.step(); the schedule advances on purpose.
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
         ctx.scheduler.step()
     return _finish_step(ctx, state, totals, lr, skipped, time.perf_counter() - start)
 

@@ -17,6 +17,7 @@ import json
 import multiprocessing as mp
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 rank_main = importlib.import_module("train_helpers").rank_main
 
-TIMEOUT_S = 400
+TIMEOUT_S = 300
 KINDS = ["mixed", "no_dreams"]
 ORDER_BUG = ("DreamLLM dummy passes run at other points of the forward than real blocks: "
              "ranks with different batch kinds reduce/gather in different orders")
@@ -45,8 +46,9 @@ def run_two_ranks(zoo, root, zero_stage: int) -> list[dict]:
              for r in range(2)]
     for p in procs:
         p.start()
+    deadline = time.monotonic() + TIMEOUT_S
     for p in procs:
-        p.join(TIMEOUT_S)
+        p.join(max(1.0, deadline - time.monotonic()))
     hung = [p.pid for p in procs if p.is_alive()]
     for p in procs:
         if p.is_alive():

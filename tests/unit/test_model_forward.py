@@ -99,6 +99,41 @@ def test_batches_without_images_or_dreams_still_touch_every_tower(model):
         model.zero_grad(set_to_none=True)
 
 
+def _call_and_grad_order(model, batch) -> tuple[list[str], list[str]]:
+    """Modules in the order their forward ran, parameters in the order their grads landed."""
+    calls, grads, handles = [], [], []
+    for name, module in model.named_modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            handles.append(module.register_forward_pre_hook(lambda m, a, n=name: calls.append(n)))
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            handles.append(param.register_post_accumulate_grad_hook(
+                lambda p, n=name: grads.append(n)))
+    try:
+        torch.manual_seed(0)
+        model(**batch, lm_weight=1.0, vm_weight=1.0).loss.backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.zero_grad(set_to_none=True)
+    return calls, grads
+
+
+@pytest.mark.parametrize("condition_dropout", [0.0, 0.5])
+def test_every_batch_kind_runs_modules_and_lands_grads_in_one_order(tiny_zoo, condition_dropout):
+    # ZeRO-2 fills gradient buckets in the order grads land and ZeRO-3 gathers parameters in
+    # the order modules run: two ranks with different batch kinds must agree on both.
+    model = built_model(tiny_zoo, condition_dropout=condition_dropout).train()
+    orders = {kind: _call_and_grad_order(model, make_batch(model, kind))
+              for kind in ("mixed", "no_images", "no_dreams", "text")}
+    calls, grads = orders["mixed"]
+    assert "clip_vision_embedding.projector.projector" in calls
+    assert len(set(grads)) == len(grads) == sum(p.requires_grad for p in model.parameters())
+    for kind, (kind_calls, kind_grads) in orders.items():
+        assert kind_calls == calls, kind
+        assert kind_grads == grads, kind
+
+
 def test_options_min_snr_and_condition_dropout(tiny_zoo):
     model = built_model(tiny_zoo, snr_gamma=5.0, condition_dropout=0.9)
     batch = make_batch(model, "mixed")

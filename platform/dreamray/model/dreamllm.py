@@ -171,13 +171,20 @@ class DreamLLM(nn.Module):
         input_ids: torch.Tensor,
         clip_pixel_values: torch.Tensor | None,
         allow_open_tail: bool = False,
+        every_tower: bool | None = None,
     ) -> torch.Tensor:
         """Token embeddings with CLIP features in the IMG slots and the queries in the DRM slots.
+
+        With `every_tower`, CLIP and the queries run exactly once whatever the batch holds (a
+        zero image / the queries, added times 0, when it has no block of that kind): every rank
+        then runs the same modules in the same order and gets its gradients in the same order,
+        which DDP, ZeRO-2's gradient buckets and ZeRO-3's parameter gathers all rely on.
 
         Args:
             input_ids: ``[B, L]``.
             clip_pixel_values: ``[N_img, 3, H, W]`` in block order, or None when there are none.
             allow_open_tail: tolerate a block cut off by the sequence end (generation).
+            every_tower: run both plugins even without blocks; default: in training with grad.
 
         Returns:
             ``inputs_embeds [B, L, D]``.
@@ -185,16 +192,25 @@ class DreamLLM(nn.Module):
         Raises:
             BlockError: malformed blocks, or a block count that differs from the images given.
         """
+        if every_tower is None:
+            every_tower = self.training and torch.is_grad_enabled()
         images = self.image_blocks(input_ids, allow_open_tail)
         dreams = self.dream_blocks(input_ids, allow_open_tail)
         if not allow_open_tail:
             blk.check_patch_count(input_ids, self.token_ids.im_patch, [images, dreams])
         num_images = 0 if clip_pixel_values is None else clip_pixel_values.shape[0]
         blk.check_image_count(images, num_images, input_ids.shape[0], "clip_pixel_values")
-        embeds = self.llm.get_input_embeddings()(input_ids)
+        vision = self.clip_vision_embedding
+        features = queries = None
         if num_images:
-            embeds = blk.splice(embeds, images, self.clip_vision_embedding(clip_pixel_values))
-        return blk.splice(embeds, dreams, self.dream_embedding(len(dreams)))
+            features = vision(clip_pixel_values)
+        elif every_tower:
+            features = vision(vision.dummy_input(input_ids.device))
+        if len(dreams) or every_tower:
+            queries = self.dream_embedding(max(len(dreams), 1))
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        embeds = _splice_or_touch(embeds, images, features)
+        return _splice_or_touch(embeds, dreams, queries)
 
     def run_llm(
         self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, **llm_kwargs: Any
@@ -247,7 +263,8 @@ class DreamLLM(nn.Module):
         device = self.dream_embedding.dream_queries.device
         ids = [self.token_ids.bos, *self.token_ids.dream_block(self.num_queries)]
         input_ids = torch.tensor([ids], device=device)
-        _, hidden = self.run_llm(self.embed(input_ids, None), torch.ones_like(input_ids))
+        embeds = self.embed(input_ids, None, every_tower=False)
+        _, hidden = self.run_llm(embeds, torch.ones_like(input_ids))
         return self.dream_hidden(hidden, self.dream_blocks(input_ids))
 
     def forward(
@@ -263,9 +280,10 @@ class DreamLLM(nn.Module):
     ) -> DreamLLMOutput:
         """One training forward over the batch contract.
 
-        Every tower runs on every call: without images of a kind, a zero image goes through it and
-        its result enters the loss times 0, so that every trainable parameter gets a gradient (DDP
-        and ZeRO-3 require the same parameters and collectives on every rank).
+        Every module runs once per call in a fixed order (see `embed` and `_vm_loss`): without
+        blocks of a kind, a stand-in goes through the same modules and enters the loss times 0,
+        so every trainable parameter gets a gradient at the same point of backward on every rank
+        (DDP, ZeRO-2 and ZeRO-3 require the same parameters and collectives in the same order).
 
         Args:
             input_ids, attention_mask, labels: ``[B, L]``.
@@ -282,29 +300,33 @@ class DreamLLM(nn.Module):
         dreams = self.dream_blocks(input_ids)
         num_dreams = 0 if sd_pixel_values is None else sd_pixel_values.shape[0]
         blk.check_image_count(dreams, num_dreams, input_ids.shape[0], "sd_pixel_values")
-        out, hidden = self.run_llm(self.embed(input_ids, clip_pixel_values), attention_mask)
+        embeds = self.embed(input_ids, clip_pixel_values, every_tower=True)
+        out, hidden = self.run_llm(embeds, attention_mask)
         lm, num_tokens = lm_loss(out.logits, labels)
         vm = self._vm_loss(hidden, dreams, sd_pixel_values)
         loss = lm_weight * lm + vm_weight * vm
         num_images = 0 if clip_pixel_values is None else clip_pixel_values.shape[0]
-        if not num_images:
-            dummy = self.clip_vision_embedding.dummy_input(input_ids.device)
-            loss = loss + 0.0 * self.clip_vision_embedding(dummy).sum()
         return DreamLLMOutput(loss, lm, vm, num_tokens, num_images, num_dreams)
 
     def _vm_loss(self, hidden, dreams: blk.Blocks, sd_pixel_values) -> torch.Tensor:
+        """The diffusion loss; without dream blocks, the same modules in the same order, times 0.
+
+        The stand-in condition is read from the LLM's output like a real one (the first row's
+        first Q positions), so the projector, the queries and the LLM get their (zero) gradients
+        at the same point of backward as on a rank with dream blocks.
+        """
         head = self.stable_diffusion_head
         cfg = self.dreamllm_config
-        if not len(dreams):
-            # queries straight into the projector: they and the projector get a zero gradient
-            dummy = head.loss(self.dream_embedding(1), head.dummy_input(hidden.device), None)
-            return 0.0 * dummy
-        cond = self.dream_hidden(hidden, dreams)
+        if len(dreams):
+            cond, pixels, weight = self.dream_hidden(hidden, dreams), sd_pixel_values, 1.0
+        else:
+            cond = hidden[:1, : self.num_queries]
+            pixels, weight = head.dummy_input(hidden.device), 0.0
         if self.training and cfg.condition_dropout > 0:
-            drop = torch.rand(len(dreams), device=cond.device) < cfg.condition_dropout
-            uncond = self.unconditional_hidden().to(cond.dtype)
+            drop = torch.rand(cond.shape[0], device=cond.device) < cfg.condition_dropout
+            uncond = self.unconditional_hidden().to(cond.dtype)[:, : cond.shape[1]]
             cond = torch.where(drop[:, None, None], uncond, cond)
-        return head.loss(cond, sd_pixel_values, cfg.snr_gamma)
+        return weight * head.loss(cond, pixels, cfg.snr_gamma)
 
     def frozen_towers(self) -> tuple[nn.Module, ...]:
         """CLIP, VAE and UNet: the towers that never train."""
@@ -339,3 +361,14 @@ class DreamLLM(nn.Module):
         from dreamray.model.artifact import load_dreamllm
 
         return load_dreamllm(path, **kwargs)
+
+
+def _splice_or_touch(
+    embeds: torch.Tensor, blocks: blk.Blocks, values: torch.Tensor | None
+) -> torch.Tensor:
+    """Write `values` into the blocks; with none, add them times 0 (keeps them in the graph)."""
+    if values is None:
+        return embeds
+    if len(blocks):
+        return blk.splice(embeds, blocks, values)
+    return embeds + 0.0 * values.sum().to(embeds.dtype)

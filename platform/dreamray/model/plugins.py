@@ -116,12 +116,9 @@ class DreamEmbedding(nn.Module):
             dim: the LLM hidden size.
         """
         super().__init__()
+        # kept as an int: under ZeRO-3 the parameter's .shape is empty outside its forward
+        self.num_queries = num_queries
         self.dream_queries = nn.Parameter(torch.randn(1, num_queries, dim) * INIT_STD)
-
-    @property
-    def num_queries(self) -> int:
-        """Q."""
-        return self.dream_queries.shape[1]
 
     def forward(self, batch_size: int) -> torch.Tensor:
         """The queries repeated for `batch_size` blocks: ``[batch_size, Q, dim]``."""

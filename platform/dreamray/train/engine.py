@@ -157,45 +157,5 @@ def setup_engine(
         stage.deepspeed, world_size=world_size,
         grad_accumulation_steps=stage.grad_accumulation_steps,
     )
-    if stage.deepspeed.zero_stage == 3:
-        _pin_shapes_for_zero3(model)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-    if stage.deepspeed.zero_stage == 3:
-        _replicate_plugins_under_zero3(engine)
     return EngineParts(engine, model, optimizer, scheduler, towers, device, dtype)
-
-
-def _pin_shapes_for_zero3(model: nn.Module) -> None:
-    """Keep shape-derived sizes readable while ZeRO-3 has the parameters partitioned.
-
-    `DreamEmbedding.num_queries` reads `dream_queries.shape`, which ZeRO-3 empties outside the
-    module's own forward; pin Q as a class attribute of a per-instance subclass. (Harmless once
-    the model reads `ds_shape` itself.)
-    """
-    emb = model.dream_embedding
-    num_queries = int(emb.dream_queries.shape[1])
-    cls = type(emb)
-    emb.__class__ = type(f"Zero3{cls.__name__}", (cls,), {"num_queries": num_queries})
-
-
-def _replicate_plugins_under_zero3(engine: Any) -> None:
-    """Keep every non-LLM parameter gathered (replicated) under ZeRO-3, from the first step on.
-
-    A batch without images or dream blocks runs the plugins through zero-weighted dummy passes,
-    which call them at other points of the forward than real blocks do. ZeRO-3 gathers a
-    partitioned parameter with a collective when its module runs, so two ranks calling plugin
-    modules in different orders would pair mismatched collectives and hang. The plugins are
-    small next to the LLM (~8M parameters for the 7B recipe): marking them persistent makes
-    DeepSpeed gather them once per step after the update, in the same order everywhere, and
-    never on demand. The LLM runs identically on every rank and stays partitioned.
-    """
-    optimizer = engine.optimizer
-    persistent = optimizer.persistent_parameters
-    known = {id(p) for p in persistent}
-    for name, param in engine.module.named_parameters():
-        if not name.startswith("llm.") and id(param) not in known:
-            param.ds_persist = True
-            persistent.append(param)
-    if persistent:
-        # DeepSpeed gathers persistent parameters after each step; do it once before the first.
-        persistent[0].all_gather(persistent)

@@ -3,11 +3,10 @@ rank 0 has IMG and DRM blocks, rank 1 only IMG blocks (no creation sample). ZeRO
 gradients in a fixed order after backward and is the reference; ZeRO-2 (gradient buckets filled
 in backward order) and ZeRO-3 (parameters gathered when their module runs) must match it.
 
-Known failure (model issue, see xfail reasons): `DreamLLM.forward` runs its zero-weighted dummy
-passes at other points of the forward than the real blocks (the CLIP dummy after the LLM, a
-second `dream_embedding` call in `_vm_loss`), so the two ranks run modules and produce gradients
-in different orders: ZeRO-2 sums mismatched bucket slices (silently wrong gradients), ZeRO-3
-pairs mismatched all-gathers (gloo size error).
+This is what `DreamLLM.forward` running every module once, in one order, whatever the batch
+holds, is for (see test_model_forward's one-order test for the same property in one process):
+when it did not, ZeRO-2 summed mismatched bucket slices (silently wrong gradients) and ZeRO-3
+paired mismatched all-gathers (gloo size error or hang).
 """
 
 from __future__ import annotations
@@ -23,13 +22,11 @@ from pathlib import Path
 import pytest
 
 # the in-process train helpers live with the unit tests (spawned ranks inherit sys.path)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 rank_main = importlib.import_module("train_helpers").rank_main
 
 TIMEOUT_S = 300
 KINDS = ["mixed", "no_dreams"]
-ORDER_BUG = ("DreamLLM dummy passes run at other points of the forward than real blocks: "
-             "ranks with different batch kinds reduce/gather in different orders")
 
 
 def _free_port() -> int:
@@ -73,11 +70,9 @@ def test_reference_runs(reference):
     assert reference[-1]["step"] == 3 and reference[-1]["samples_global"] == 12
 
 
-@pytest.mark.xfail(reason=ORDER_BUG, strict=True)
 def test_zero2_matches_zero0(tiny_zoo, tmp_path, reference):
     _same(run_two_ranks(tiny_zoo, tmp_path, 2), reference)
 
 
-@pytest.mark.xfail(reason=ORDER_BUG, strict=True)
 def test_zero3_matches_zero0_without_hanging(tiny_zoo, tmp_path, reference):
     _same(run_two_ranks(tiny_zoo, tmp_path, 3), reference)

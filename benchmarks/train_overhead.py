@@ -1,6 +1,6 @@
 """Train overhead: the real stage launcher (Ray Train + DeepSpeed ZeRO-2, 1 worker, data through
-the Ray Data pipeline, per-step reports, metrics sinks) vs a bare single-process PyTorch loop
-over the same model and the same pre-built batches.
+the Ray Data pipeline, reports every --report-every steps, per-step metrics sinks) vs a bare
+single-process PyTorch loop over the same model and the same pre-built batches.
 
 The model: the tiny zoo's CLIP and SD towers with a bigger LLM (width 256, 4 layers) and
 sequences up to 256 tokens, so that a bare step takes a few hundred ms. Both sides run torch on
@@ -23,7 +23,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 import torch  # noqa: E402
 
@@ -61,6 +60,7 @@ def make_stage(root: Path, zoo, llm: Path, args) -> object:
         "stage_defaults.deepspeed.global_batch_size": args.micro_batch,
         "stage_defaults.deepspeed.micro_batch_per_gpu": args.micro_batch,
         "stage_defaults.checkpoint.every_n_steps": 10_000,
+        "stage_defaults.checkpoint.report_every_n_steps": args.report_every,
         "stages.stage2.data.num_samples": steps * args.micro_batch,
         "stages.stage2.init": {"llm": "base", "plugins": "base"},
         "stages.stage2.needs": [],
@@ -109,13 +109,13 @@ def bare_loop(stage, batches: list[dict]) -> list[float]:
 def deepspeed_in_process(stage, batches: list[dict], root: Path) -> list[float]:
     """The same worker code without Ray (DeepSpeed world size 1): step end times."""
     from dreamray.train.session import LocalSession
+    from dreamray.train.telemetry import HISTORY_FILE, read_history
     from dreamray.train.worker import RunInfo, train_worker
 
     session = LocalSession(root)
-    train_worker(stage, RunInfo(name="stage2", run_name="local", run_dir=None), session,
+    train_worker(stage, RunInfo(name="stage2", run_name="local", run_dir=str(root)), session,
                  batches=iter(batches))
-    by_step = {r["step"]: r["ended_at"] for r in session.reports if "ended_at" in r}
-    return [by_step[s] for s in sorted(by_step)]
+    return [r["ended_at"] for r in read_history(root / HISTORY_FILE)]
 
 
 def steady_rate(ends: list[float], warmup: int) -> float:
@@ -128,6 +128,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--report-every", type=int, default=10,
+                        help="ray.train.report cadence; ~2 s of steps (Ray's result poll)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
 
@@ -157,7 +159,8 @@ def main() -> None:
         bare_after = steady_rate(bare_loop(stage, batches), args.warmup)
         bare = (bare_before + bare_after) / 2
         print(f"\nsteps={args.steps} warmup={args.warmup} micro_batch={args.micro_batch} "
-              f"mean tokens/batch={tokens:.0f} llm=256x4 torch threads=1")
+              f"mean tokens/batch={tokens:.0f} llm=256x4 torch threads=1 "
+              f"report_every_n_steps={args.report_every}")
         print("| loop | steps/s | s/step | ratio to bare |")
         print("|---|---|---|---|")
         for label, rate in (("before", bare_before), ("after", bare_after)):

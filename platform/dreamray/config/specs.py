@@ -153,6 +153,11 @@ class CheckpointSpec(Spec):
     every_n_steps: int = Field(1000, ge=1)
     keep_last: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=-1)
+    # `ray.train.report` cadence between checkpoints. Ray Train keeps one unconsumed report per
+    # worker and its controller takes it at each health-check poll (2 s by default), so a
+    # report on steps shorter than that blocks until the poll: report every ~2 s of steps.
+    # TensorBoard, the JSONL history and the dreamray_* gauges get every step regardless.
+    report_every_n_steps: int = Field(1, ge=1)
 
 
 class TrainStageSpec(Spec):

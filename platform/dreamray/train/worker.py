@@ -51,7 +51,6 @@ class RunInfo:
     fault_kill_at_step: int | None = None  # tests only: os._exit at this step, first attempt
     fault_kill_rank: int = -1  # -1: the last rank
     ray_metrics: bool = False  # export dreamray_train_* gauges (under Ray only)
-    report_every: int = 1  # session.report cadence in steps (each report is a gang barrier)
 
 
 def tokenizer_dir(stage: TrainStageSpec) -> str:
@@ -177,7 +176,7 @@ class _StepHooks:
         every = self.stage.checkpoint.every_n_steps
         if state.step % every == 0 and state.step < self.stage.total_steps:
             self.checkpoint(state, final=False)
-        elif state.step % self.run.report_every == 0:
+        elif state.step % self.stage.checkpoint.report_every_n_steps == 0:
             self.session.report(values)
 
     def checkpoint(self, state: TrainState, final: bool) -> None:

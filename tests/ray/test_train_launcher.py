@@ -129,3 +129,21 @@ def test_preflight_reports_every_problem(recipe, tmp_path):
     text = str(err.value)
     assert "init.plugins: stage:merge has no input artifact" in text
     assert "data.sources.0" in text and "no *.parquet" in text
+
+
+def test_per_rank_ingest_gives_each_rank_its_own_dataset_in_order(ray_cluster):
+    import ray.data
+
+    from dreamray.orchestration.launcher import _data_config
+
+    config = _data_config()
+    datasets = {f"train_{r}": ray.data.range(40, override_num_blocks=8).map(
+        lambda row, r=r: {"id": row["id"] * 10 + r}) for r in range(2)}
+    per_rank = [config.configure({name: ds}, 2, None, None) for name, ds in datasets.items()]
+    for rank, iterators in enumerate(per_rank):
+        mine = iterators[rank][f"train_{rank}"]
+        assert type(mine).__name__ == "StreamSplitDataIterator"  # executed off the worker
+        got = [int(i) for b in mine.iter_batches(batch_size=7) for i in b["id"]]
+        assert got == [i * 10 + rank for i in range(40)]
+    with pytest.raises(ValueError, match="'train_5' is not train_<rank> for a gang of 2"):
+        config.configure({"train_5": datasets["train_0"]}, 2, None, None)

@@ -46,7 +46,7 @@ class LocalCluster:
     state: Path
 
     def api(self, path: str, timeout: float = 10.0) -> tuple[int, str]:
-        """GET a dashboard path with the token; (status, body)."""
+        """GET a dashboard path with the token; (status, body); status 0 when it timed out."""
         req = urllib.request.Request(self.dashboard + path,
                                      headers={"Authorization": f"Bearer {self.token}"})
         try:
@@ -54,6 +54,9 @@ class LocalCluster:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as err:
             return err.code, err.read().decode()
+        except (TimeoutError, urllib.error.URLError) as err:
+            # a dashboard busy on 2 cores may not answer in time: no answer this round
+            return 0, f"no answer: {err}"
 
     def metrics_text(self) -> str:
         """The Prometheus text of every node's metrics endpoint."""

@@ -11,19 +11,13 @@ paired mismatched all-gathers (gloo size error or hang).
 
 from __future__ import annotations
 
-import importlib
 import json
 import multiprocessing as mp
 import socket
-import sys
 import time
-from pathlib import Path
 
 import pytest
-
-# the in-process train helpers live with the unit tests (spawned ranks inherit sys.path)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-rank_main = importlib.import_module("train_helpers").rank_main
+from train_helpers import rank_main  # spawned ranks inherit sys.path
 
 TIMEOUT_S = 300
 KINDS = ["mixed", "no_dreams"]

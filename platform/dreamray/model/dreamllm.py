@@ -171,7 +171,7 @@ class DreamLLM(nn.Module):
         input_ids: torch.Tensor,
         clip_pixel_values: torch.Tensor | None,
         allow_open_tail: bool = False,
-        every_tower: bool | None = None,
+        every_tower: bool = False,
     ) -> torch.Tensor:
         """Token embeddings with CLIP features in the IMG slots and the queries in the DRM slots.
 
@@ -184,7 +184,7 @@ class DreamLLM(nn.Module):
             input_ids: ``[B, L]``.
             clip_pixel_values: ``[N_img, 3, H, W]`` in block order, or None when there are none.
             allow_open_tail: tolerate a block cut off by the sequence end (generation).
-            every_tower: run both plugins even without blocks; default: in training with grad.
+            every_tower: run both plugins even without blocks (the training forward).
 
         Returns:
             ``inputs_embeds [B, L, D]``.
@@ -192,8 +192,6 @@ class DreamLLM(nn.Module):
         Raises:
             BlockError: malformed blocks, or a block count that differs from the images given.
         """
-        if every_tower is None:
-            every_tower = self.training and torch.is_grad_enabled()
         images = self.image_blocks(input_ids, allow_open_tail)
         dreams = self.dream_blocks(input_ids, allow_open_tail)
         if not allow_open_tail:
@@ -263,7 +261,7 @@ class DreamLLM(nn.Module):
         device = self.dream_embedding.dream_queries.device
         ids = [self.token_ids.bos, *self.token_ids.dream_block(self.num_queries)]
         input_ids = torch.tensor([ids], device=device)
-        embeds = self.embed(input_ids, None, every_tower=False)
+        embeds = self.embed(input_ids, None)
         _, hidden = self.run_llm(embeds, torch.ones_like(input_ids))
         return self.dream_hidden(hidden, self.dream_blocks(input_ids))
 

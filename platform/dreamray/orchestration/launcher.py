@@ -142,15 +142,12 @@ def _trainer(stage: TrainStageSpec, run: RunInfo, storage_path: str) -> Any:
 
 
 def _data_config() -> Any:
-    from ray.train import DataConfig
-
+    from dreamray.data.pipeline import ingest_options
     from dreamray.orchestration.rank_ingest import PerRankDataConfig
 
-    # Each rank reads its own dataset (no split). Ray Train replaces every dataset's execution
-    # options with these, so the record order the datasets ask for must be asked for here too.
-    options = DataConfig.default_ingest_options()
-    options.preserve_order = True
-    return PerRankDataConfig(options)
+    # Ray Train replaces every dataset's execution options with the config's: ask for the
+    # record order the datasets ask for.
+    return PerRankDataConfig(ingest_options())
 
 
 def _is_final(checkpoint: Any) -> bool:

@@ -43,7 +43,6 @@ class PerRankDataConfig(DataConfig):
             replaces a dataset's own options with these).
         """
         super().__init__(datasets_to_split=[], execution_options=execution_options)
-        self.rank_options = execution_options
 
     def configure(
         self,
@@ -62,7 +61,7 @@ class PerRankDataConfig(DataConfig):
         for name, dataset in datasets.items():
             owner = _owner_rank(name, world_size)
             dataset = dataset.copy(dataset)
-            dataset.context.execution_options = self.rank_options
+            dataset.context.execution_options = self._resolve_execution_options(name)
             for rank in range(world_size):
                 node = worker_node_ids[rank] if worker_node_ids else None
                 # non-owners never read it; a lazy local iterator starts nothing

@@ -24,7 +24,7 @@ from dreamray.config.specs import BASE_SOURCE, TrainStageSpec
 from dreamray.model.groups import PLUGIN_GROUP_PREFIXES, freeze_all_but
 from dreamray.train.ds_config import deepspeed_config
 from dreamray.train.loop import SkippableAdamW
-from dreamray.train.optim import build_scheduler, param_groups
+from dreamray.train.optim import build_optimizer, build_scheduler
 
 TOWER_GROUPS = ("vision_encoder", "unet", "vae")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -141,12 +141,7 @@ def setup_engine(
     towers = DetachedTowers(model, frozen_tower_groups(stage.trainable))
     dtype = DTYPES[stage.deepspeed.precision]
     towers.to(device, dtype)
-    optimizer = SkippableAdamW(
-        param_groups(model, stage.optim.weight_decay),
-        lr=stage.optim.lr,
-        betas=stage.optim.betas,
-        eps=stage.optim.eps,
-    )
+    optimizer = build_optimizer(model, stage.optim, optimizer_class=SkippableAdamW)
     scheduler = build_scheduler(optimizer, stage.optim, stage.total_steps)
     if world_size != stage.scaling.num_workers:
         raise ValueError(

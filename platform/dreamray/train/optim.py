@@ -69,18 +69,30 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, spec: OptimSpec) -> torch.optim.AdamW:
-    """A client `torch.optim.AdamW` over the trainable parameters.
+def build_optimizer(
+    model: nn.Module, spec: OptimSpec, optimizer_class: type[torch.optim.AdamW] = torch.optim.AdamW
+) -> torch.optim.AdamW:
+    """A client AdamW over the trainable parameters, with decay / no-decay groups.
+
+    Fused: one kernel per step instead of a dozen passes over each tensor. Under ZeRO 1-2 the
+    optimizer sees one flat fp32 partition per group, where the unfused update's passes miss
+    the cache; measured on CPU (benchmarks/train_overhead.py) the ZeRO-2 update went from 35 to
+    13 ms a step. CPU, CUDA, XPU and MPS all have the fused kernel.
 
     Args:
         model: the model, already frozen to the stage's trainable groups.
         spec: lr, betas, eps and weight decay.
+        optimizer_class: `torch.optim.AdamW` or a subclass (the train loop's `SkippableAdamW`).
 
     Returns:
         The optimizer (DeepSpeed wraps it; frozen parameters are never in it).
+
+    Raises:
+        ValueError: when no parameter requires grad.
     """
-    return torch.optim.AdamW(
-        param_groups(model, spec.weight_decay), lr=spec.lr, betas=spec.betas, eps=spec.eps
+    return optimizer_class(
+        param_groups(model, spec.weight_decay),
+        lr=spec.lr, betas=spec.betas, eps=spec.eps, fused=True,
     )
 
 

@@ -4,7 +4,9 @@ Both read the same shards (realistic ~512 px JPEGs, generated here: decoding dom
 the same work per sample: parquet read, tokenise + build the sequence, decode, CLIP processor,
 SD resize/crop, collate. The pipeline is `build_stage_dataset` on a local Ray cluster of
 `--cpus` CPUs, consumed by one `iter_train_batches` loop in the driver; it runs twice and the
-second (warm: worker processes already imported torch) run is the one compared.
+second (warm: worker processes already imported torch) run is the one compared. A third row
+splits the plain loop over `--cpus` processes with no Ray at all: the ceiling these cores give
+to perfectly parallel work, against which the pipeline's own cost can be read.
 
     python benchmarks/data_throughput.py [--samples 384] [--cpus 2] [--work-dir .cache/bench]
 
@@ -129,18 +131,23 @@ def measured(run):
     return wrapper
 
 
-@measured
-def plain_loop(stage, micro: int) -> tuple[int, int, float]:
-    """The same work in one process, no Ray: (samples, images, seconds)."""
+def _plain_run(stage, micro: int, part: int = 0, parts: int = 1, start_at: float = 0.0):
+    """The plain loop over every `parts`-th chunk from `part`: (samples, images, start, end).
+
+    The builder and transforms are loaded first (as in Ray's warm run); the clock starts at
+    `start_at` (wall clock), or right after loading when it is 0.
+    """
     from dreamray.data.batches import make_collate_spec
     from dreamray.data.collate import collate
     from dreamray.data.pipeline import StagePlan, _worker, build_record, index_sources
 
+    torch_threads_one()
     plan = StagePlan(stage, stage.model.llm_path, index_sources(stage.data), None, 32)
     spec = make_collate_spec(stage, stage.model.llm_path)
-    builder, transforms = _worker(plan)  # loaded before the clock starts, as Ray's warm run
-    start, samples, images, batch = time.perf_counter(), 0, 0, []
-    for chunk in range(plan.num_chunks):
+    builder, transforms = _worker(plan)
+    time.sleep(max(0.0, start_at - time.time()))
+    start, samples, images, batch = time.time(), 0, 0, []
+    for chunk in range(part, plan.num_chunks, parts):
         for position, source, row in plan.rows(chunk):
             record = build_record(builder, transforms, position, source, row)
             if not record["skip_reason"]:
@@ -150,7 +157,38 @@ def plain_loop(stage, micro: int) -> tuple[int, int, float]:
                 samples += micro
                 images += len(out["clip_pixel_values"]) + len(out["sd_pixel_values"])
                 batch = []
-    return samples, images, time.perf_counter() - start
+    return samples, images, start, time.time()
+
+
+def torch_threads_one() -> None:
+    """One torch thread, as in a Ray task or a 1-CPU train worker (Ray sets OMP_NUM_THREADS):
+    the CLIP processor (torchvision) and the collator would otherwise spread over every core,
+    and on a loaded machine OpenMP threads spin: 4-5x the CPU for the same work."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@measured
+def plain_loop(stage, micro: int) -> tuple[int, int, float]:
+    """The same work in one process, no Ray: (samples, images, seconds)."""
+    samples, images, start, end = _plain_run(stage, micro)
+    return samples, images, end - start
+
+
+def plain_processes(stage, micro: int, processes: int) -> tuple[int, int, float, float]:
+    """The plain loop split over `processes` processes (chunk c to process c mod n), no Ray:
+    what the cores give to perfectly parallel work with no framework at all. CPU time is
+    reported as NaN (the pool's processes are gone before it could be read)."""
+    import multiprocessing as mp
+
+    start_at = time.time() + 15.0  # every process has loaded its tokenizer and transforms
+    with mp.get_context("spawn").Pool(processes) as pool:
+        parts = pool.starmap(
+            _plain_run, [(stage, micro, i, processes, start_at) for i in range(processes)]
+        )
+    wall = max(p[3] for p in parts) - start_at
+    return sum(p[0] for p in parts), sum(p[1] for p in parts), wall, float("nan")
 
 
 @measured
@@ -188,21 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=Path(".cache/bench/data_throughput"))
     args = parser.parse_args(argv)
     import ray
-    import torch
 
-    # One torch thread, as in a Ray task or a 1-CPU train worker (Ray sets OMP_NUM_THREADS):
-    # the CLIP processor (torchvision) and the collator would otherwise spread over every core,
-    # and on a loaded machine OpenMP threads spin: 4-5x the CPU for the same work.
-    torch.set_num_threads(1)
-
+    torch_threads_one()
     stage = make_stage(args.work_dir, args.samples, seed=0)
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False)
     cold = ray_pipeline(stage, args.micro)
-    plains, rays = [], []
+    plains, rays, ceilings = [], [], []
     # interleaved, best of N: the machine is shared, and load changes minute to minute
     for _ in range(args.repeats):
         plains.append(plain_loop(stage, args.micro))
+        ceilings.append(plain_processes(stage, args.micro, args.cpus))
         rays.append(ray_pipeline(stage, args.micro))
     best = lambda runs: min(runs, key=lambda r: r[2] / r[0])  # noqa: E731
     worst = lambda runs: max(runs, key=lambda r: r[2] / r[0])  # noqa: E731
@@ -212,16 +246,22 @@ def main(argv: list[str] | None = None) -> int:
         f"{'x/cpu':>7}{'cpu ms/smp':>11}{'x idle est':>12}"
     )
     print(_row("plain loop, 1 process", plain, plain, args.cpus))
+    print(_row(f"plain loop, {args.cpus} processes", best(ceilings), plain, args.cpus))
     print(_row("ray pipeline, cold start", cold, plain, args.cpus))
     print(_row(f"ray pipeline, warm (best {args.repeats})", best(rays), plain, args.cpus))
     print(_row("ray pipeline, warm (worst)", worst(rays), plain, args.cpus))
+    print(
+        f"plain loop, {args.cpus} processes: the same loop split over {args.cpus} processes "
+        "(no Ray): what these cores give to perfectly parallel work (CPU time not read)"
+    )
     print(
         "x idle est: speed-up expected on idle CPUs = cpus x plain CPU per sample / this "
         "run's CPU per sample (Ray's raylet, GCS and driver included)"
     )
     print(
         f"(ray cluster: {args.cpus} CPUs; plain runs samples/s: "
-        f"{[round(r[0] / r[2], 1) for r in plains]}; ray runs samples/s: "
+        f"{[round(r[0] / r[2], 1) for r in plains]}; {args.cpus}-process runs: "
+        f"{[round(r[0] / r[2], 1) for r in ceilings]}; ray runs samples/s: "
         f"{[round(r[0] / r[2], 1) for r in rays]}; load average now "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
     )

@@ -36,10 +36,12 @@ test-unit: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
-# Tiny assets under .cache/tiny (idempotent): the zoo and the converted synthetic shards.
+# Tiny assets under .cache/tiny (idempotent): the zoo, the converted synthetic shards and the
+# evaluation sets (COCO captions + reference images, TextVQA).
 tiny: venv
 	$(PY) -m dreamray.zoo tiny --out $(TINY)/zoo
 	$(PY) -m dreamray.data.tiny --out $(TINY)/data
+	$(PY) -m dreamray.evals.tiny --out $(TINY)/evals
 
 dry-run: tiny
 	$(PY) pipelines/full_recipe.py --recipe pipelines/recipes/tiny.yaml --run-dir $(RUNS)/tiny --dry-run

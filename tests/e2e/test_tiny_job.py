@@ -93,7 +93,7 @@ def test_full_recipe_job_with_dashboard(cluster, run_dir):
     assert seen["job_running"] and seen["metrics"]
     ledger = _ledger(run_dir)
     records = {n: ledger.read(n) for n in ("stage1_comprehension", "stage1_creation", "merge",
-                                          "stage2", "sft")}
+                                          "stage2", "sft", "coco_fid")}
     assert all(r.status == "done" for r in records.values())
     runs = seen["train_runs"]
     keys = {n: r.train_run_name for n, r in records.items() if r.kind == "train"}
@@ -104,13 +104,15 @@ def test_full_recipe_job_with_dashboard(cluster, run_dir):
     assert all(node_sets) and not node_sets[0] & node_sets[1], node_sets
     report = (run_dir / "report.md").read_text()
     assert "| sft | train | done |" in report and "overlapped" in report
+    assert "| coco_fid | eval | done |" in report and "fid=" in report
+    assert (run_dir / "plots" / "coco_fid_grid.png").is_file()
 
 
 def test_resubmitted_run_skips_every_stage(cluster, run_dir):
     cluster.submit("dreamray-e2e-again", run_dir, CPUS)
     assert cluster.wait_job("dreamray-e2e-again", JOB_TIMEOUT_S) == "SUCCEEDED"
     assert sorted(skipped_stages(cluster.job_logs("dreamray-e2e-again"))) == sorted(
-        ["stage1_comprehension", "stage1_creation", "merge", "stage2", "sft"])
+        ["stage1_comprehension", "stage1_creation", "merge", "stage2", "sft", "coco_fid"])
 
 
 def test_killed_driver_resumes_stage2_and_reruns_only_what_changed(cluster, run_dir):

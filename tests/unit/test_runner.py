@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from stage_toys import ToyTrainer
 
+import dreamray.evals.stage as eval_stage
 from dreamray.config import load_recipe
 from dreamray.orchestration.backends import ThreadBackend
 from dreamray.orchestration.executors import run_eval
@@ -18,6 +21,24 @@ from dreamray.orchestration.storage import RunStorage
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "pipelines" / "recipes" / "tiny.yaml"
 STAGE_ONE = ("stage1_comprehension", "stage1_creation")
+EVALS = ("coco_fid",)
+SEEN: dict[str, str] = {}
+
+
+def fake_eval(spec, model_dir, out_dir):
+    """Stands in for generation and scoring, which need a real model: three images, a score."""
+    SEEN["model_dir"] = model_dir
+    for i in range(3):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (80 * i, 0, 0)).save(buf, format="PNG")
+        (Path(out_dir) / f"sample{i}.png").write_bytes(buf.getvalue())
+    Image.new("RGB", (20, 30), "blue").save(Path(out_dir) / "grid.png")  # the eval's own grid
+    return {"accuracy": 0.5, "protocol": "official"}
+
+
+@pytest.fixture(autouse=True)
+def _fake_evals(monkeypatch):
+    monkeypatch.setattr(eval_stage, "run_eval_stage", fake_eval)
 
 
 def _run(run_dir, nodes=({"CPU": 4.0},), trainer=None, targets=None, **overrides):
@@ -50,7 +71,10 @@ def test_full_run_then_skip_then_edit(tmp_path):
     assert set(again.states.values()) == {"skipped"}
 
     edited = _run(run, **{"stages.sft.optim.lr": 5.0e-4})
-    assert edited.states == {**{n: "skipped" for n in edited.states}, "sft": "done"}
+    assert edited.states == {**{n: "skipped" for n in edited.states}, "sft": "done",
+                             **{n: "done" for n in EVALS}}
+    # the evals re-ran on the new SFT artifact (the run dir is a file:// URI here)
+    assert Path(SEEN["model_dir"]).name == Path(edited.artifact("sft")).name
 
 
 def test_small_cluster_runs_the_branches_one_after_the_other(tmp_path):
@@ -101,37 +125,19 @@ def test_one_stage_reads_its_inputs_from_the_run_dir(tmp_path):
     _run(tmp_path / "run")
     summary = _run(tmp_path / "run", targets=["sft"], **{"stages.sft.optim.lr": 7.0e-4})
     assert summary.states == {"stage1_comprehension": "external", "stage1_creation": "external",
-                              "merge": "external", "stage2": "external", "sft": "done"}
+                              "merge": "external", "stage2": "external", "sft": "done",
+                              **{n: "external" for n in EVALS}}  # not targeted: left alone
     with pytest.raises(PreflightError, match="unknown stage 'nope'"):
         _run(tmp_path / "run", targets=["nope"])
 
 
-def test_eval_stage_runs_on_its_model_and_its_images_reach_the_report(tmp_path, monkeypatch):
-    import io
-
-    from PIL import Image
-
-    import dreamray.evals.stage as eval_stage
-
-    seen = {}
-
-    def fake_eval(spec, model_dir, out_dir):  # stands in for generation, which needs a model
-        seen["model_dir"] = model_dir
-        for i in range(3):
-            buf = io.BytesIO()
-            Image.new("RGB", (8, 8), (80 * i, 0, 0)).save(buf, format="PNG")
-            (Path(out_dir) / f"sample{i}.png").write_bytes(buf.getvalue())
-        return {"accuracy": 0.5, "protocol": "official"}
-
-    monkeypatch.setattr(eval_stage, "run_eval_stage", fake_eval)
-    summary = _run(tmp_path / "run", **{
-        "stages.vqa.kind": "eval", "stages.vqa.needs": ["sft"],
-        "stages.vqa.eval.task": "vqa", "stages.vqa.eval.model": "stage:sft",
-        "stages.vqa.eval.params.benchmark": "vqav2",
-        "stages.vqa.eval.params.questions": "/x/q.json",
-        "stages.vqa.eval.params.images": "/x/images"})
-    assert summary.states["vqa"] == "done"
-    assert seen["model_dir"] == summary.artifact("sft")
-    assert summary.records["vqa"].metrics == {"accuracy": 0.5}
+def test_eval_stages_run_on_their_model_and_their_images_reach_the_report(tmp_path):
+    summary = _run(tmp_path / "run")
+    assert all(summary.states[n] == "done" for n in EVALS)
+    assert SEEN["model_dir"] == summary.artifact("sft")
+    assert summary.records["coco_fid"].metrics == {"accuracy": 0.5}
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "accuracy=0.5" in report and (tmp_path / "run" / "plots" / "vqa_grid.png").is_file()
+    assert "| coco_fid | eval | done |" in report and "accuracy=0.5" in report
+    for name in EVALS:  # the eval's own grid is used as it is, not tiled with its images
+        grid = Image.open(tmp_path / "run" / "plots" / f"{name}_grid.png")
+        assert grid.size == (20, 30)

@@ -108,3 +108,25 @@ def test_dreamllm_answers_vqa_in_process(tiny_zoo, tmp_path):
     assert sorted(answers) == ["0", "1", "2"]
     record = store.records()["1"]
     assert "check" in record and isinstance(record["answer"], str)
+
+
+def test_vqa_stage_prompts_with_the_models_own_patch_count(tiny_zoo, tmp_path):
+    # The tiny CLIP has 16 patches, not ViT-L/14's 256: a prompt spelled with any other count
+    # is a malformed IMG block for the model.
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from coco_fixtures import write_artifact
+
+    from dreamray.config.specs import VqaParams
+    from dreamray.evals.pool import PoolOptions
+    from dreamray.evals.stage import run_vqa
+    from dreamray.evals.tiny import build_tiny_evals
+
+    artifact = write_artifact(tiny_zoo, tmp_path / "artifact")
+    sets = build_tiny_evals(tmp_path / "evals", num_images=2, num_questions=2)
+    params = VqaParams(benchmark="textvqa", questions=str(sets.textvqa_questions),
+                       images=str(sets.textvqa_images), num_beams=1, max_new_tokens=2,
+                       batch_size=2)
+    result = run_vqa(params, str(artifact), tmp_path / "out", PoolOptions(num_actors=0))
+    assert result["n"] == 2 and result["missing"] == 0

@@ -64,7 +64,7 @@ def generate_answers(
     store: ResultsStore,
     image_root: str,
     *,
-    num_patches: int = 256,
+    num_patches: int | None = None,
     batch_size: int = 8,
     chunk_size: int = 64,
     pool: PoolOptions | None = None,

@@ -93,7 +93,7 @@ def test_full_recipe_job_with_dashboard(cluster, run_dir):
     assert seen["job_running"] and seen["metrics"]
     ledger = _ledger(run_dir)
     records = {n: ledger.read(n) for n in ("stage1_comprehension", "stage1_creation", "merge",
-                                          "stage2", "sft", "coco_fid")}
+                                          "stage2", "sft", "coco_fid", "textvqa")}
     assert all(r.status == "done" for r in records.values())
     runs = seen["train_runs"]
     keys = {n: r.train_run_name for n, r in records.items() if r.kind == "train"}
@@ -112,7 +112,8 @@ def test_resubmitted_run_skips_every_stage(cluster, run_dir):
     cluster.submit("dreamray-e2e-again", run_dir, CPUS)
     assert cluster.wait_job("dreamray-e2e-again", JOB_TIMEOUT_S) == "SUCCEEDED"
     assert sorted(skipped_stages(cluster.job_logs("dreamray-e2e-again"))) == sorted(
-        ["stage1_comprehension", "stage1_creation", "merge", "stage2", "sft", "coco_fid"])
+        ["stage1_comprehension", "stage1_creation", "merge", "stage2", "sft", "coco_fid",
+         "textvqa"])
 
 
 def test_killed_driver_resumes_stage2_and_reruns_only_what_changed(cluster, run_dir):

@@ -32,10 +32,10 @@ def _ids(**overrides):
 def test_identity_changes_only_downstream_of_an_edit():
     base = _ids()
     sft_lr = _ids(**{"stages.sft.optim.lr": 5.0e-4})
-    assert [n for n in base if base[n] != sft_lr[n]] == ["sft", "coco_fid"]
+    assert [n for n in base if base[n] != sft_lr[n]] == ["sft", "coco_fid", "textvqa"]
     creation = _ids(**{"stages.stage1_creation.optim.lr": 1.0e-3})
     assert [n for n in base if base[n] != creation[n]] == [
-        "stage1_creation", "merge", "stage2", "sft", "coco_fid"]
+        "stage1_creation", "merge", "stage2", "sft", "coco_fid", "textvqa"]
     assert _ids() == base  # deterministic
 
 

@@ -21,7 +21,7 @@ from dreamray.orchestration.storage import RunStorage
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "pipelines" / "recipes" / "tiny.yaml"
 STAGE_ONE = ("stage1_comprehension", "stage1_creation")
-EVALS = ("coco_fid",)
+EVALS = ("coco_fid", "textvqa")
 SEEN: dict[str, str] = {}
 
 

@@ -166,6 +166,7 @@ def main() -> None:
     import ray
 
     from dreamray.data.tiny import build_tiny_data
+    from dreamray.evals.tiny import build_tiny_evals
     from dreamray.orchestration.launcher import run_train_stage
     from dreamray.zoo import build_tiny_zoo
 
@@ -175,6 +176,7 @@ def main() -> None:
         zoo = build_tiny_zoo(root / "zoo", seed=0)
         llm = wider_llm(zoo.llm, root / "llm256", width=256, layers=4)
         build_tiny_data(root / ".cache" / "tiny" / "data", seed=0, use_ray=False)
+        build_tiny_evals(root / ".cache" / "tiny" / "evals")  # the recipe's paths must exist
         stage = make_stage(root, zoo, llm, args)
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         batches = prebuilt_batches(stage)

@@ -42,8 +42,9 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def tiny_assets() -> Path:
-    """The tiny zoo and shards under .cache/tiny, as `make tiny` builds them (idempotent)."""
-    for module, out in (("dreamray.zoo", "zoo"), ("dreamray.data.tiny", "data")):
+    """The tiny zoo, shards and eval sets under .cache/tiny, as `make tiny` builds them."""
+    for module, out in (("dreamray.zoo", "zoo"), ("dreamray.data.tiny", "data"),
+                        ("dreamray.evals.tiny", "evals")):
         args = [sys.executable, "-m", module] + (["tiny"] if module == "dreamray.zoo" else [])
         subprocess.run(args + ["--out", str(TINY / out)], cwd=REPO, check=True, timeout=900)
     return TINY

@@ -34,9 +34,11 @@ TRAIN_ORDER = ("stage1_comprehension", "stage1_creation", "stage2", "sft")
 @pytest.fixture(scope="module")
 def recipe(tiny_zoo, tmp_path_factory):
     from dreamray.data.tiny import build_tiny_data
+    from dreamray.evals.tiny import build_tiny_evals
 
     root = tmp_path_factory.mktemp("tiny")
     build_tiny_data(root / ".cache" / "tiny" / "data", seed=0, use_ray=False)
+    build_tiny_evals(root / ".cache" / "tiny" / "evals")  # the recipe's eval stages read them
     overrides = {
         "root": str(root),
         "stage_defaults.model.llm_path": str(tiny_zoo.llm),

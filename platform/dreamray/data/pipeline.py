@@ -60,6 +60,9 @@ from dreamray.data.sequence import (
 
 DEFAULT_CHUNK_SIZE = 32  # positions per map call: ~1 s of decoding at 512 px, small blocks
 _MAX_PLAN_BLOCKS = 4096
+# CPUs of one map task (Ray Data's default, spelled out because the DAG runner must keep this
+# much free beside a stage's gang: `dreamray.orchestration.resources.data_bundle`)
+MAP_TASK_CPUS = 1.0
 _ROW_GROUP_CACHE = 4  # row groups kept per process: consecutive chunks reuse the same groups
 RECORD_SCHEMA = pa.schema(
     [
@@ -325,6 +328,7 @@ def build_stage_dataset(
         fn_kwargs={"plan": plan},
         batch_size=1,
         batch_format="numpy",
+        num_cpus=MAP_TASK_CPUS,
         compute=ray.data.TaskPoolStrategy(size=concurrency),
     )
 

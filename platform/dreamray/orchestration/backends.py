@@ -77,10 +77,10 @@ class ThreadBackend:
 
     def submit(self, name: str, executor: Executor, stage: Any, task: StageTask) -> cf.Future:
         """Run the stage in a thread."""
-        from dreamray.orchestration.resources import stage_bundles
+        from dreamray.orchestration.resources import stage_demand
 
         future = self.pool.submit(execute_stage, executor, stage, task)
-        self.demand[future] = total(stage_bundles(stage))
+        self.demand[future] = total(stage_demand(stage))
         return future
 
     def wait(self, handles: Sequence[cf.Future], timeout: float) -> list[cf.Future]:

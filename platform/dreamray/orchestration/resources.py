@@ -1,17 +1,21 @@
 """What a stage asks the cluster for, and whether the cluster can give it (pure, no Ray).
 
 A train stage is one gang: `num_workers` bundles of `{CPU, GPU}` that Ray Train places as one
-placement group (the Train V2 controller itself takes 0 CPUs). Merge stages run inside the
-stage task (0 CPUs). The runner starts a stage only when the whole gang fits beside the gangs
-it already started, so two of its own gangs never wait on each other half-granted, and it
-fails a stage at once when no placement of the gang on the cluster's nodes could ever exist.
+placement group (the Train V2 controller itself takes 0 CPUs), plus the CPU of its Ray Data map
+tasks, which run outside the placement group: a stage whose gang is granted but whose data
+tasks find no free CPU waits forever (two 1-CPU gangs on a 2-CPU cluster did exactly that).
+Merge stages run inside the stage task (0 CPUs). The runner starts a stage only when the whole
+demand fits beside the stages it already started, so two of its own stages never wait on each
+other half-granted, and it fails a stage at once when no placement of it on the cluster's nodes
+could ever exist.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from dreamray.config.specs import ScalingSpec
+from dreamray.config.specs import ScalingSpec, TrainStageSpec
+from dreamray.data.pipeline import MAP_TASK_CPUS
 
 Bundle = dict[str, float]
 _EPS = 1e-9  # resources are floats (fractional GPUs): compare with a tolerance
@@ -33,6 +37,31 @@ def stage_bundles(stage: object) -> list[Bundle]:
     if scaling.use_gpu and scaling.gpus_per_worker > 0:
         bundle["GPU"] = scaling.gpus_per_worker
     return [dict(bundle) for _ in range(scaling.num_workers)]
+
+
+def data_bundle(stage: object) -> Bundle:
+    """What the stage's Ray Data tasks need free to make progress (one task at a time).
+
+    Args:
+        stage: a train, merge or eval stage spec.
+
+    Returns:
+        `{CPU: MAP_TASK_CPUS}` for a train stage; empty for the others.
+    """
+    return {"CPU": MAP_TASK_CPUS} if isinstance(stage, TrainStageSpec) else {}
+
+
+def stage_demand(stage: object) -> list[Bundle]:
+    """Everything the stage holds while it runs: its gang's bundles and its data bundle.
+
+    Args:
+        stage: a train, merge or eval stage spec.
+
+    Returns:
+        The bundles to pack on the cluster's nodes (the data bundle may land on any node).
+    """
+    data = data_bundle(stage)
+    return stage_bundles(stage) + ([data] if data else [])
 
 
 def total(bundles: Iterable[Mapping[str, float]]) -> Bundle:
@@ -87,21 +116,28 @@ def pack(bundles: Sequence[Mapping[str, float]], nodes: Sequence[Mapping[str, fl
 
 
 def never_fits(bundles: Sequence[Mapping[str, float]],
-               node_totals: Sequence[Mapping[str, float]]) -> str | None:
-    """Why a gang can never be placed on the cluster, or None if it can.
+               node_totals: Sequence[Mapping[str, float]],
+               data: Mapping[str, float] | None = None) -> str | None:
+    """Why a gang (and its data tasks) can never be placed on the cluster, or None if it can.
 
     Args:
         bundles: the gang.
         node_totals: total resources of each alive node.
+        data: what the stage's data tasks need besides the gang (None or empty: nothing).
 
     Returns:
         A message naming what was asked for and what the cluster has, or None.
     """
-    if not bundles or pack(bundles, node_totals):
+    extra = [dict(data)] if data else []
+    if not (bundles or extra) or pack(list(bundles) + extra, node_totals):
         return None
     cluster = total(node_totals)
     nodes = ", ".join(describe(n) for n in node_totals) or "no alive nodes"
-    return (f"asks for {len(bundles)} x {describe(bundles[0])} = {describe(total(bundles))}; "
+    ask = (f"{len(bundles)} x {describe(bundles[0])} = {describe(total(bundles))}"
+           if bundles else "no workers")
+    if extra:
+        ask += f" plus {describe(extra[0])} for its data tasks"
+    return (f"asks for {ask}; "
             f"the cluster has {describe(cluster)} on {len(node_totals)} node(s): {nodes}")
 
 

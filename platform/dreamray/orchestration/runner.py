@@ -6,10 +6,11 @@ Rules (docs/ARCHITECTURE.md, "Orchestration"):
   artifacts it was made from, and its artifact passes its checksums; a corrupted artifact is
   logged, deleted and re-made. Otherwise it runs, under a Ray Train run name derived from its
   identity, so an interrupted stage resumes from its latest checkpoint.
-- A stage starts only when its whole gang fits beside the runner's other running gangs and in
-  what the cluster has free; with nothing of its own running the runner always starts one
-  (Ray queues it), so its gangs never wait on each other. A gang that no placement on the
-  cluster's nodes could ever hold fails the run before anything starts.
+- A stage starts only when its whole gang, plus a CPU for its Ray Data tasks, fits beside the
+  runner's other running stages and in what the cluster has free; with nothing of its own
+  running the runner always starts one (Ray queues it), so its stages never wait on each other.
+  A stage that no placement on the cluster's nodes could ever hold fails the run before
+  anything starts.
 - A failure blocks what depends on it; independent stages already running are let finish.
 """
 
@@ -42,9 +43,11 @@ from dreamray.orchestration.provenance import git_commit
 from dreamray.orchestration.report import write_report
 from dreamray.orchestration.resources import (
     Bundle,
+    data_bundle,
     fits_now,
     never_fits,
     stage_bundles,
+    stage_demand,
     total,
 )
 from dreamray.orchestration.storage import RunStorage
@@ -204,7 +207,8 @@ class DagRunner:
             record = self.ledger.read(name)
             if record and record.status == "done" and record.identity == self.ids[name]:
                 continue  # will most likely be skipped: needs no resources
-            why = never_fits(stage_bundles(self.recipe.stages[name]), snap.nodes)
+            stage = self.recipe.stages[name]
+            why = never_fits(stage_bundles(stage), snap.nodes, data_bundle(stage))
             if why:
                 problems.append(f"stages.{name}: can never be scheduled: {why}")
         return problems
@@ -232,10 +236,10 @@ class DagRunner:
         return self.decisions[name]
 
     def can_start(self, name: str) -> bool:
-        """Whether the stage's gang fits now beside the runner's running gangs."""
+        """Whether the stage's gang and data tasks fit now beside the runner's running stages."""
         if not self.handles:
             return True
-        demand = total(stage_bundles(self.recipe.stages[name]))
+        demand = total(stage_demand(self.recipe.stages[name]))
         if not demand:
             return True
         snap = self.backend.snapshot()
@@ -273,7 +277,7 @@ class DagRunner:
                          context=context)
         handle = self.backend.submit(name, self.executors[stage.kind], stage, task)
         self.handles[handle] = name
-        self.reserved[name] = total(stage_bundles(stage))
+        self.reserved[name] = total(stage_demand(stage))
         self.records[name] = record
         self.dag.set(name, "running")
         self.backend.publish(name, "running", {})

@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from dreamray.config.specs import TrainStageSpec
-from dreamray.data.pipeline import DEFAULT_CHUNK_SIZE, StagePlan, build_chunks, index_sources
+from dreamray.data.pipeline import (
+    DEFAULT_CHUNK_SIZE,
+    MAP_TASK_CPUS,
+    StagePlan,
+    build_chunks,
+    index_sources,
+)
 
 DATASET_PREFIX = "train_"
 
@@ -110,9 +116,8 @@ def build_rank_dataset(
     chunks = plan.rank_chunks(rank, world_size)
     ds = ray.data.from_items([{"id": c} for c in chunks], override_num_blocks=max(1, len(chunks)))
     ds.context.execution_options.preserve_order = True  # the split is only useful in order
-    return ds.map_batches(
-        build_chunks, fn_kwargs={"plan": plan}, batch_size=1, batch_format="numpy"
-    )
+    return ds.map_batches(build_chunks, fn_kwargs={"plan": plan}, batch_size=1,
+                          batch_format="numpy", num_cpus=MAP_TASK_CPUS)
 
 
 class RankDatasetFactory:

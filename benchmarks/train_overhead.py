@@ -74,7 +74,7 @@ def prebuilt_batches(stage) -> list[dict]:
     """The exact micro-batches rank 0 of the launcher will get, built once up front."""
     from dreamray.data.batches import iter_train_batches, make_collate_spec
     from dreamray.orchestration.train_data import build_rank_dataset
-    from dreamray.train.worker import tokenizer_dir
+    from dreamray.train.run import tokenizer_dir
 
     ds = build_rank_dataset(stage, tokenizer_dir(stage), 0, 1)
     spec = make_collate_spec(stage, tokenizer_dir(stage))
@@ -109,9 +109,10 @@ def bare_loop(stage, batches: list[dict]) -> list[float]:
 
 def deepspeed_in_process(stage, batches: list[dict], root: Path) -> list[float]:
     """The same worker code without Ray (DeepSpeed world size 1): step end times."""
+    from dreamray.train.run import RunInfo
     from dreamray.train.session import LocalSession
     from dreamray.train.telemetry import HISTORY_FILE, read_history
-    from dreamray.train.worker import RunInfo, train_worker
+    from dreamray.train.worker import train_worker
 
     session = LocalSession(root)
     train_worker(stage, RunInfo(name="stage2", run_name="local", run_dir=str(root)), session,

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dreamray.data.collate import CollateSpec, collate, make_record, skipped_record
+from dreamray.data.collate import CollateSpec, collate
+from dreamray.data.records import make_record, skipped_record
 from dreamray.data.transforms import ImageTransforms, decode_rgb, sd_pixels
 from dreamray.model.tokens import IGNORE_INDEX
 

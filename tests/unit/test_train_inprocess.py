@@ -13,8 +13,9 @@ from dreamray.model.dreamllm import DreamLLM
 from dreamray.model.groups import GROUP_NAMES, parameters_by_group
 from dreamray.train.engine import build_stage_model
 from dreamray.train.loop import DataExhaustedError, NanLossError
+from dreamray.train.run import ARTIFACT_SUBDIR, RunInfo
 from dreamray.train.session import LocalSession
-from dreamray.train.worker import ARTIFACT_SUBDIR, RunInfo, train_worker
+from dreamray.train.worker import train_worker
 
 NO_CHECKPOINTS = {"every_n_steps": 1000, "keep_last": 1, "max_failures": 0}
 

@@ -97,7 +97,8 @@ def rank_main(
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), DS_ACCELERATOR="cpu",
                       HF_HUB_OFFLINE="1")
     torch.set_num_threads(1)
-    from dreamray.train.worker import RunInfo, train_worker
+    from dreamray.train.run import RunInfo
+    from dreamray.train.worker import train_worker
     from dreamray.zoo import build_tiny_zoo
 
     zoo = build_tiny_zoo(Path(zoo_dir), seed=0)  # already built: reused

@@ -1,26 +1,11 @@
-"""Collate-ready records and the collator that turns them into the batch contract (pure).
+"""The collator: collate-ready records (`dreamray.data.records`) -> the batch contract (pure).
 
-A *record* is one built sample as it travels through Ray Data: flat columns of scalars, strings
-and bytes only (ragged tensors as raw bytes: no Arrow tensor-extension corner cases, and numpy
-views on the receiving side). Fields:
-
-    position        int   the sample's position in the stage's stream (resume bookkeeping)
-    id, source      str   row id and the data spec's source name
-    skip_reason     str   "" for a trainable sample, else a `dreamray.data.sequence` SKIP_* reason
-    input_ids       bytes int32 [T]
-    labels          bytes int32 [T]
-    clip_pixels     bytes uint8 [n_clip, 3, H, W] (CLIP processor resize + crop)
-    sd_pixels       bytes uint8 [n_sd, 3, R, R] (SD resize + crop + flip)
-    n_clip, n_sd    int   image counts
-    images_dropped  int   images that did not fit the length limit
-    num_tokens      int   T
-
-Pixels travel as uint8 (4x fewer bytes than float32 through the object store); the collator
-does the transforms' last, purely arithmetic step: CLIP rescale + mean/std, SD to [-1, 1].
-The collator pads on the right to the longest sample: `input_ids` with the pad id,
-`attention_mask` 0, `labels` -100, and concatenates images in sample order, so the i-th IMG
-(DRM) block of the flattened batch owns the i-th CLIP (SD) image. No image: shape [0, 3, H, W].
-This module imports neither Ray nor DeepSpeed (checked by tests/unit/test_boundaries.py).
+The collator does the transforms' last, purely arithmetic step on the uint8 pixels: CLIP
+rescale + mean/std, SD to [-1, 1]. It pads on the right to the longest sample: `input_ids` with
+the pad id, `attention_mask` 0, `labels` -100, and concatenates images in sample order, so the
+i-th IMG (DRM) block of the flattened batch owns the i-th CLIP (SD) image. No image: shape
+[0, 3, H, W]. This module imports neither Ray nor DeepSpeed (checked by
+tests/unit/test_boundaries.py).
 """
 
 from __future__ import annotations
@@ -34,20 +19,6 @@ import torch
 
 from dreamray.model.tokens import IGNORE_INDEX
 
-RECORD_FIELDS = (
-    "position",
-    "id",
-    "source",
-    "skip_reason",
-    "input_ids",
-    "labels",
-    "clip_pixels",
-    "n_clip",
-    "sd_pixels",
-    "n_sd",
-    "images_dropped",
-    "num_tokens",
-)
 BATCH_KEYS = ("input_ids", "attention_mask", "labels", "clip_pixel_values", "sd_pixel_values")
 
 
@@ -61,66 +32,6 @@ class CollateSpec:
     clip_rescale: float  # the CLIP processor's rescale factor
     clip_mean: tuple[float, ...]  # its image_mean
     clip_std: tuple[float, ...]  # its image_std
-
-
-def make_record(
-    position: int,
-    sample_id: str,
-    source: str,
-    input_ids: Sequence[int],
-    labels: Sequence[int],
-    clip: np.ndarray,
-    sd: np.ndarray,
-    images_dropped: int,
-) -> dict[str, Any]:
-    """Pack a trainable sample into a record.
-
-    Args:
-        position: stream position.
-        sample_id: row id.
-        source: source name.
-        input_ids, labels: the built sequence.
-        clip: uint8 [n_clip, 3, H, W].
-        sd: uint8 [n_sd, 3, R, R].
-        images_dropped: images cut by the length limit.
-
-    Returns:
-        The record dict (keys RECORD_FIELDS).
-    """
-    return {
-        "position": int(position),
-        "id": sample_id,
-        "source": source,
-        "skip_reason": "",
-        "input_ids": np.asarray(input_ids, dtype=np.int32).tobytes(),
-        "labels": np.asarray(labels, dtype=np.int32).tobytes(),
-        "clip_pixels": np.ascontiguousarray(clip, dtype=np.uint8).tobytes(),
-        "n_clip": int(clip.shape[0]),
-        "sd_pixels": np.ascontiguousarray(sd, dtype=np.uint8).tobytes(),
-        "n_sd": int(sd.shape[0]),
-        "images_dropped": int(images_dropped),
-        "num_tokens": len(input_ids),
-    }
-
-
-def skipped_record(position: int, sample_id: str, source: str, reason: str) -> dict[str, Any]:
-    """A record that only carries a skip (kept in the stream so it is counted and resumed).
-
-    Returns:
-        The record dict with empty payload.
-    """
-    record = make_record(
-        position,
-        sample_id,
-        source,
-        [],
-        [],
-        np.zeros((0, 3, 1, 1), np.float32),
-        np.zeros((0, 3, 1, 1), np.uint8),
-        0,
-    )
-    record["skip_reason"] = reason
-    return record
 
 
 def _images(records: Sequence[Mapping[str, Any]], key: str, count: str, shape, dtype):

@@ -40,7 +40,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dreamray.config.specs import DataSpec, TrainStageSpec
-from dreamray.data.collate import make_record, skipped_record
 from dreamray.data.mixing import (
     REQUIRED_COLUMNS,
     DrawCounter,
@@ -50,6 +49,7 @@ from dreamray.data.mixing import (
     locate_draws,
 )
 from dreamray.data.progress import DataState, RangeSet
+from dreamray.data.records import make_record, skipped_record
 from dreamray.data.sequence import (
     SKIP_IMAGE,
     SequenceBuilder,
@@ -249,7 +249,7 @@ def build_record(
         row: the unified row.
 
     Returns:
-        A record (`dreamray.data.collate`).
+        A record (`dreamray.data.records`).
     """
     try:
         built = builder.build(row)
@@ -304,7 +304,7 @@ def build_stage_dataset(
             worker process pays ~5 s importing torch and transformers once.
 
     Returns:
-        A `ray.data.Dataset` of records (`dreamray.data.collate` RECORD_FIELDS).
+        A `ray.data.Dataset` of records (`dreamray.data.records` RECORD_FIELDS).
 
     Raises:
         ValueError: `resume` belongs to another stream (the data spec or shards changed).

@@ -28,13 +28,7 @@ from dreamray.orchestration.train_data import (
     latest_checkpoint,
 )
 from dreamray.train.faults import FAULT_ENV, parse_fault_env
-from dreamray.train.worker import (
-    ARTIFACT_SUBDIR,
-    METRICS_FILE,
-    RunInfo,
-    tokenizer_dir,
-    train_worker,
-)
+from dreamray.train.run import ARTIFACT_SUBDIR, METRICS_FILE, RunInfo, tokenizer_dir
 
 __all__ = ["TrainOutcome", "check_train_stage", "run_train_stage", "train_loop_per_worker"]
 
@@ -98,6 +92,9 @@ class RaySession:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's entry on every worker: `config` = {"stage": TrainStageSpec, "run": RunInfo}."""
+    # imported here: the controller and the stage task unpickle this function, not run it
+    from dreamray.train.worker import train_worker
+
     train_worker(config["stage"], config["run"], RaySession(config["run"]))
 
 

@@ -62,7 +62,7 @@ class DataFeed:
         from dreamray.data.batches import iter_train_batches, make_collate_spec
         from dreamray.data.pipeline import stage_fingerprint
         from dreamray.data.progress import DataProgress
-        from dreamray.train.worker import tokenizer_dir
+        from dreamray.train.run import tokenizer_dir
 
         stage = self.stage
         spec = make_collate_spec(stage, tokenizer_dir(stage))

@@ -14,14 +14,13 @@ import os
 import socket
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from dreamray.config.specs import BASE_SOURCE, TrainStageSpec
+from dreamray.config.specs import TrainStageSpec
 from dreamray.train.checkpoint import (
     Restored,
     apply_rng,
@@ -32,30 +31,10 @@ from dreamray.train.engine import EngineParts, build_stage_model, setup_engine
 from dreamray.train.export import export_artifact
 from dreamray.train.faults import maybe_kill
 from dreamray.train.loop import LoopContext, StepMetrics, run_steps
+from dreamray.train.run import ARTIFACT_SUBDIR, METRICS_FILE, RunInfo
 from dreamray.train.session import Session
 from dreamray.train.state import TrainState, seed_everything
 from dreamray.train.telemetry import HISTORY_FILE, JsonlSink, Sinks, TensorBoardSink
-
-ARTIFACT_SUBDIR = "artifact"
-METRICS_FILE = "metrics.json"  # rank 0's last step metrics, in every checkpoint
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """Small facts about the run that are not part of the stage spec (picklable)."""
-
-    name: str  # the stage name
-    run_name: str  # Ray Train run name
-    run_dir: str | None  # local dir for history/TensorBoard/fault markers; None: none written
-    spec_hash: str = ""
-    fault_kill_at_step: int | None = None  # tests only: os._exit at this step, first attempt
-    fault_kill_rank: int = -1  # -1: the last rank
-    ray_metrics: bool = False  # export dreamray_train_* gauges (under Ray only)
-
-
-def tokenizer_dir(stage: TrainStageSpec) -> str:
-    """The tokenizer the stage's data is built with: the init LLM's (base or artifact)."""
-    return stage.model.llm_path if stage.init.llm == BASE_SOURCE else stage.init.llm
 
 
 def _device(stage: TrainStageSpec, local_rank: int) -> torch.device:

@@ -19,6 +19,7 @@ def test_stage_one_branches_share_a_level():
         ["merge"],
         ["stage2"],
         ["sft"],
+        ["coco_fid", "okvqa", "textvqa"],
     ]
 
 
@@ -26,7 +27,16 @@ def test_dry_run_prints_batch_triple_and_resources():
     text = describe_recipe(load_recipe(REF, check_paths=False))
     assert "level 0: stage1_comprehension || stage1_creation" in text
     assert "global 2048 = micro 16 x accum 1 x workers 128; 29,296 steps" in text
-    assert "128 workers x {CPU: 8, GPU: 1}" in text
+    assert "128 workers x {CPU: 8, GPU: 1} + {CPU: 1} for its data tasks" in text
+
+
+def test_dry_run_prints_the_eval_protocols_of_the_reference_recipe():
+    text = describe_recipe(load_recipe(REF, check_paths=False))
+    assert ("protocol dreamllm: 30,000 captions x 8 seeds, 150 ddpm steps, CFG 2, 512 px, "
+            "best seed by CLIP") in text
+    assert "reference: /path/to/fid_stats_mscoco256_val.npz (inception)" in text
+    assert "okvqa val, preset okvqa, 5 beams" in text
+    assert text.count("8 actors x {CPU: 8, GPU: 1}") == 3
 
 
 def test_cli_reports_recipe_errors_with_exit_code_2(capsys):

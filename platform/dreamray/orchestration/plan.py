@@ -11,6 +11,7 @@ import importlib
 import json
 
 from dreamray.config import RecipeSpec, TrainStageSpec
+from dreamray.data.pipeline import MAP_TASK_CPUS
 from dreamray.orchestration.identity import stage_identities, stage_key
 
 # The model plan hook: `dreamray.model.<module>.<function>(stage, shapes_only=bool) -> [lines]`.
@@ -102,7 +103,32 @@ def describe_stage(name: str, recipe: RecipeSpec) -> list[str]:
         return [head, *_describe_train(stage)]
     if stage.kind == "merge":
         return [head, *(f"  {k} <- {v}" for k, v in stage.merge.model_dump().items())]
-    return [head, f"  {stage.eval.task} on {stage.eval.model}"]
+    return [head, *_describe_eval(stage)]
+
+
+def _resources(scaling, unit: str) -> str:
+    gpus = scaling.gpus_per_worker if scaling.use_gpu else 0.0
+    return (f"{scaling.num_workers} {unit} x "
+            f"{{CPU: {scaling.cpus_per_worker:g}, GPU: {gpus:g}}}")
+
+
+def _describe_eval(stage) -> list[str]:
+    params = stage.eval.params
+    if stage.eval.task == "coco_fid":
+        reference = params.ref_stats or params.ref_images
+        what = [f"  protocol {params.protocol}: {params.num_samples:,} captions x "
+                f"{len(params.seeds)} seeds, {params.num_inference_steps} {params.scheduler} "
+                f"steps, CFG {params.guidance_scale:g}, {params.resolution} px"
+                + (", best seed by CLIP" if params.clip_rerank and len(params.seeds) > 1
+                   else ""),
+                f"  reference: {reference} ({params.feature_extractor})"]
+    else:
+        what = [f"  {params.benchmark} {params.split}, preset {params.prompt_preset()}, "
+                f"{params.num_beams} beams, {params.max_new_tokens} new tokens; "
+                f"scoring {params.variant}",
+                f"  questions: {params.questions}"]
+    return [f"  {stage.eval.task} on {stage.eval.model}", *what,
+            f"  resources: {_resources(stage.scaling, 'actors')}"]
 
 
 def _describe_train(stage: TrainStageSpec) -> list[str]:
@@ -110,7 +136,6 @@ def _describe_train(stage: TrainStageSpec) -> list[str]:
     mix = ", ".join(f"{s.name} {s.weight / total:.1%}" for s in stage.data.sources)
     ds = stage.deepspeed
     scaling = stage.scaling
-    gpus = scaling.gpus_per_worker if scaling.use_gpu else 0.0
     return [
         f"  init: llm={stage.init.llm} plugins={stage.init.plugins}",
         f"  trainable: {', '.join(stage.trainable)}",
@@ -121,6 +146,6 @@ def _describe_train(stage: TrainStageSpec) -> list[str]:
         f"accum {stage.grad_accumulation_steps} x workers {scaling.num_workers}; "
         f"{stage.total_steps:,} steps",
         f"  deepspeed: ZeRO-{ds.zero_stage} {ds.precision}",
-        f"  resources: {scaling.num_workers} workers x "
-        f"{{CPU: {scaling.cpus_per_worker:g}, GPU: {gpus:g}}}",
+        f"  resources: {_resources(scaling, 'workers')} + {{CPU: {MAP_TASK_CPUS:g}}} "
+        "for its data tasks",
     ]

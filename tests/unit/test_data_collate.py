@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from PIL import Image
@@ -133,3 +134,26 @@ def test_collate_rejects_skipped_and_inconsistent_records():
         collate([bad], SPEC)
     with pytest.raises(ValueError, match="empty"):
         collate([], SPEC)
+
+
+def test_arrow_batches_give_back_the_records_zero_copy():
+    from dreamray.data.batches import table_records
+    from dreamray.data.pipeline import RECORD_SCHEMA
+
+    recs = [record(1, [1, 5, 6], [-100, 5, 6], 1, 1), record(2, [1, 9], [-100, 9], 2, 0),
+            record(3, [1], [-100], 0, 2), record(4, [1, 4], [-100, 4], 1, 0)]
+    whole = pa.Table.from_pylist(recs, schema=RECORD_SCHEMA)
+    # what Ray Data hands out: slices of blocks (offset > 0) and batches spanning two blocks
+    two_blocks = pa.concat_tables([whole.slice(1, 2), whole.slice(3, 1)])
+    for table, expected in ((whole, recs), (whole.slice(1, 2), recs[1:3]),
+                            (two_blocks, recs[1:])):
+        got = list(table_records(table))
+        assert [r["position"] for r in got] == [r["position"] for r in expected]
+        for mine, theirs in zip(got, expected, strict=True):
+            assert {k: bytes(v) if isinstance(v, np.ndarray) else v for k, v in mine.items()} \
+                == theirs
+        assert np.shares_memory(got[0]["clip_pixels"],
+                                np.frombuffer(table.column("clip_pixels").chunks[0].buffers()[2],
+                                              np.uint8))
+        batch, want = collate(got, SPEC), collate(expected, SPEC)
+        assert all(torch.equal(batch[k], want[k]) for k in want)

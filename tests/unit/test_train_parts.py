@@ -7,6 +7,7 @@ import random
 from types import SimpleNamespace
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -71,13 +72,13 @@ def test_fault_fires_only_where_asked(tmp_path):
 
 
 def test_skip_consumed_drops_exactly_the_consumed_positions():
-    batches = [{"position": np.array([0, 1, 2]), "x": np.array([10, 11, 12])},
-               {"position": np.array([3, 4]), "x": np.array([13, 14])},
-               {"position": np.array([5]), "x": np.array([15])}]
+    batches = [pa.table({"position": [0, 1, 2], "x": [10, 11, 12]}),
+               pa.table({"position": [3, 4], "x": [13, 14]}),
+               pa.table({"position": [5], "x": [15]})]
     shard = SimpleNamespace(iter_batches=lambda **kw: iter(batches))
     kept = list(SkipConsumed(shard, RangeSet([(0, 2), (3, 5)])).iter_batches(batch_size=2))
-    assert [b["position"].tolist() for b in kept] == [[2], [5]]
-    assert [b["x"].tolist() for b in kept] == [[12], [15]]
+    assert [b.column("position").to_pylist() for b in kept] == [[2], [5]]
+    assert [b.column("x").to_pylist() for b in kept] == [[12], [15]]
 
 
 def test_history_keeps_the_last_record_of_a_repeated_step(tmp_path):

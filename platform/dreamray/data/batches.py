@@ -21,6 +21,9 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from dreamray.config.specs import TrainStageSpec
 from dreamray.data.collate import CollateSpec, collate
 from dreamray.data.progress import BatchInfo, DataProgress
@@ -51,13 +54,42 @@ def make_collate_spec(stage: TrainStageSpec, tokenizer_dir: str) -> CollateSpec:
     )
 
 
+def _binary_views(column: pa.ChunkedArray) -> list[np.ndarray]:
+    views = []
+    for chunk in column.chunks:
+        _, offsets_buf, data_buf = chunk.buffers()
+        offsets = np.frombuffer(offsets_buf, dtype=np.int32)[chunk.offset:][: len(chunk) + 1]
+        data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf else np.zeros(0, np.uint8)
+        views += [data[offsets[i] : offsets[i + 1]] for i in range(len(chunk))]
+    return views
+
+
+def table_records(table: pa.Table) -> Iterator[dict[str, Any]]:
+    """The records of an Arrow batch, as dicts.
+
+    Payload columns (binary) become numpy uint8 views of the Arrow buffers, which Ray Data
+    maps from the object store: no copy of the pixels until the collator concatenates them
+    (Ray's numpy batch format copies every value into a `bytes` object first).
+
+    Args:
+        table: a batch in `pipeline.RECORD_SCHEMA`.
+
+    Yields:
+        One dict per row: Python scalars and strings, uint8 arrays for the binary fields.
+    """
+    columns = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        binary = pa.types.is_binary(column.type)
+        columns[name] = _binary_views(column) if binary else column.to_pylist()
+    for i in range(table.num_rows):
+        yield {name: values[i] for name, values in columns.items()}
+
+
 def _records(shard: Any, batch_size: int, prefetch_batches: int) -> Iterator[dict[str, Any]]:
-    for batch in shard.iter_batches(
-        batch_size=batch_size, batch_format="numpy", prefetch_batches=prefetch_batches
+    for table in shard.iter_batches(
+        batch_size=batch_size, batch_format="pyarrow", prefetch_batches=prefetch_batches
     ):
-        keys = list(batch)
-        for i in range(len(batch["position"])):
-            yield {k: batch[k][i] for k in keys}
+        yield from table_records(table)
 
 
 def _batch_info(records: list[dict], skipped: list[dict]) -> BatchInfo:

@@ -86,8 +86,9 @@ def collate(records: Sequence[Mapping[str, Any]], spec: CollateSpec) -> dict[str
         "input_ids": torch.from_numpy(batch_ids),
         "attention_mask": torch.from_numpy(mask),
         "labels": torch.from_numpy(batch_labels),
-        # the CLIP processor's rescale + normalise, on the uint8 it resized and cropped
-        "clip_pixel_values": (clip.to(torch.float32) * spec.clip_rescale - mean) / std,
+        # the CLIP processor's rescale + normalise, on the uint8 it resized and cropped (in
+        # place: the same float32 operations in the same order, without three temporaries)
+        "clip_pixel_values": clip.to(torch.float32).mul_(spec.clip_rescale).sub_(mean).div_(std),
         # uint8 -> [-1, 1]: the last step of the SD transform (ToTensor + Normalize(0.5, 0.5))
         "sd_pixel_values": sd.to(torch.float32).div_(127.5).sub_(1.0),
     }

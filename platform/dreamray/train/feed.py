@@ -29,14 +29,15 @@ class SkipConsumed:
         """
         self.shard, self.consumed = shard, consumed
 
-    def iter_batches(self, **kwargs: Any) -> Iterator[dict[str, np.ndarray]]:
-        """`shard.iter_batches(**kwargs)` (numpy format) without the consumed records."""
-        for batch in self.shard.iter_batches(**kwargs):
-            keep = np.array([int(p) not in self.consumed for p in batch["position"]], dtype=bool)
+    def iter_batches(self, **kwargs: Any) -> Iterator[Any]:
+        """`shard.iter_batches(**kwargs)` (pyarrow format) without the consumed records."""
+        for table in self.shard.iter_batches(**kwargs):
+            positions = table.column("position").to_pylist()
+            keep = np.array([p not in self.consumed for p in positions], dtype=bool)
             if keep.all():
-                yield batch
+                yield table
             elif keep.any():
-                yield {k: v[keep] for k, v in batch.items()}
+                yield table.filter(keep)
 
 
 class DataFeed:

@@ -2,17 +2,24 @@
 
 Both read the same shards (realistic ~512 px JPEGs, generated here: decoding dominates) and do
 the same work per sample: parquet read, tokenise + build the sequence, decode, CLIP processor,
-SD resize/crop, collate. The pipeline is `build_stage_dataset` on a local Ray cluster of
+SD resize/crop, collate. The pipeline is what a train worker of a 1-worker stage reads
+(`orchestration.train_data.build_rank_dataset`: the stage's chunks as a dataset, `map_batches`
+building them) on a local Ray cluster of
 `--cpus` CPUs, consumed by one `iter_train_batches` loop in the driver; it runs twice and the
 second (warm: worker processes already imported torch) run is the one compared. A third row
 splits the plain loop over `--cpus` processes with no Ray at all: the ceiling these cores give
 to perfectly parallel work, against which the pipeline's own cost can be read.
 
-    python benchmarks/data_throughput.py [--samples 384] [--cpus 2] [--work-dir .cache/bench]
+    python benchmarks/data_throughput.py [--samples 1536] [--cpus 2] [--work-dir .cache/bench]
 
 Prints one table: samples/s, images/s, speed-up and speed-up per CPU (wall clock, best of N
 interleaved runs), and the CPU time per sample of each (this process and all its children: Ray's
 raylet, GCS and workers included), which does not depend on what else runs on the machine.
+Below it, how many map tasks were busy on average in each Ray run (the sum of the tasks' own
+wall times, from Ray Data's stats, over the run's wall time): at most `--cpus`.
+
+The default 1536 planned samples (~1700 with the plan's surplus) make a run long enough that
+the pipeline's fill (the first task's ~2 s) and tail are a small part of it, as in training.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -191,19 +199,31 @@ def plain_processes(stage, micro: int, processes: int) -> tuple[int, int, float,
     return sum(p[0] for p in parts), sum(p[1] for p in parts), wall, float("nan")
 
 
+MAP_TASKS_BUSY: list[float] = []  # per Ray run: mean number of map tasks running
+
+
+def map_task_seconds(stats: str) -> float:
+    """Sum of the map tasks' wall times in a Ray Data stats text (NaN if not found)."""
+    found = re.search(r"MapBatches\(build_chunks\)[^\n]*\n\* Remote wall time: .*?([\d.]+)s total",
+                      stats)
+    return float(found.group(1)) if found else float("nan")
+
+
 @measured
 def ray_pipeline(stage, micro: int) -> tuple[int, int, float]:
     """The pipeline, one consumer in the driver: (samples, images, seconds)."""
     from dreamray.data.batches import iter_train_batches, make_collate_spec
-    from dreamray.data.pipeline import build_stage_dataset
+    from dreamray.orchestration.train_data import build_rank_dataset
 
     spec = make_collate_spec(stage, stage.model.llm_path)
-    ds = build_stage_dataset(stage, stage.model.llm_path)
+    iterator = build_rank_dataset(stage, stage.model.llm_path, 0, 1).iterator()
     start, samples, images = time.perf_counter(), 0, 0
-    for _, info in iter_train_batches(ds.iterator(), spec, micro, None, None):
+    for _, info in iter_train_batches(iterator, spec, micro, None, None):
         samples += len(info.positions)
         images += info.num_clip_images + info.num_sd_images
-    return samples, images, time.perf_counter() - start
+    wall = time.perf_counter() - start
+    MAP_TASKS_BUSY.append(map_task_seconds(iterator.stats()) / wall)
+    return samples, images, wall
 
 
 def _row(name: str, result: tuple, base: tuple, cpus: int) -> str:
@@ -219,7 +239,7 @@ def _row(name: str, result: tuple, base: tuple, cpus: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run both (interleaved, best of `--repeats`), print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=384)
+    parser.add_argument("--samples", type=int, default=1536)
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--micro", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
@@ -262,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(ray cluster: {args.cpus} CPUs; plain runs samples/s: "
         f"{[round(r[0] / r[2], 1) for r in plains]}; {args.cpus}-process runs: "
         f"{[round(r[0] / r[2], 1) for r in ceilings]}; ray runs samples/s: "
-        f"{[round(r[0] / r[2], 1) for r in rays]}; load average now "
+        f"{[round(r[0] / r[2], 1) for r in rays]}; map tasks busy on average, runs in order "
+        f"(cold first): {[round(b, 2) for b in MAP_TASKS_BUSY]}; load average now "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
     )
     return 0

@@ -50,7 +50,7 @@ from dreamray.evals.fid_eval import (
 )
 from dreamray.evals.grid import write_grid
 from dreamray.evals.pool import PoolOptions, make_pool
-from dreamray.evals.results import ResultsStore, sha256_file, write_json_atomic
+from dreamray.evals.results import GRID_FILE, ResultsStore, sha256_file, write_json_atomic
 from dreamray.metrics.fid import frechet_distance, load_stats
 
 PROTOCOL_NAME = "dreamllm_coco_fid"
@@ -274,7 +274,7 @@ def generate_and_score(run: CocoFidRun, out_dir: str | Path) -> dict[str, Any]:
     result = summarize(scores, list(run.seeds))
     result.update(card=protocol_card(run, manifest_sha, resolution, extra), generated=made)
     write_json_atomic(out / "scores.json", result)
-    write_grid(out / "grid.png", manifest, folders)
+    write_grid(out / GRID_FILE, manifest, folders)
     return result
 
 

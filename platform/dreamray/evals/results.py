@@ -15,6 +15,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+# the captioned sample grid an eval writes beside its scores (read by the run report)
+GRID_FILE = "grid.png"
+
 ID_KEY = "id"
 
 

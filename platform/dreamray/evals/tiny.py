@@ -90,15 +90,16 @@ def build_tiny_evals(
         The paths of both sets.
     """
     paths = tiny_eval_paths(out)
-    rng = np.random.default_rng(seed)
     if not paths.coco_captions.is_file():
         paths.coco_captions.parent.mkdir(parents=True, exist_ok=True)
         write_varied_images(paths.coco_ref_images, num_images, seed=seed, min_size=16,
                             max_size=32)
         # the captions last: their presence marks a complete set
-        paths.coco_captions.write_text(json.dumps(_coco_captions(num_images, rng)))
+        captions = _coco_captions(num_images, np.random.default_rng([seed, 0]))
+        paths.coco_captions.write_text(json.dumps(captions))
     if not paths.textvqa_questions.is_file():
-        questions = _textvqa(paths.textvqa_images, num_questions, rng)
+        # its own stream: the same set whether or not the COCO set was written first
+        questions = _textvqa(paths.textvqa_images, num_questions, np.random.default_rng([seed, 1]))
         paths.textvqa_questions.write_text(json.dumps(questions))
     return paths
 

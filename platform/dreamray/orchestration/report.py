@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from dreamray.config import RecipeSpec
+from dreamray.evals.results import GRID_FILE
 from dreamray.orchestration.identity import stage_key
 from dreamray.orchestration.ledger import Ledger, StageRecord, artifact_rel, train_rel
 from dreamray.orchestration.storage import RunStorage
 
 REPORT = "report.md"
 LOSS_PLOT = "plots/losses.png"
-EVAL_GRID = "grid.png"  # written by the COCO eval (evals/coco_run.py)
 GRID_MAX_IMAGES = 16
 History = dict[str, list[tuple[int, float]]]
 
@@ -224,8 +224,8 @@ def _grids(storage: RunStorage, recipe: RecipeSpec, ids: Mapping[str, str],
             continue
         rel = artifact_rel(name, ids[name])
         found = [f for f in storage.list_files(rel) if f.lower().endswith((".png", ".jpg"))]
-        if EVAL_GRID in found:  # the eval's own grid (captions, seeds): better than re-tiling
-            storage.write_bytes(f"plots/{name}_grid.png", storage.read_bytes(f"{rel}/{EVAL_GRID}"))
+        if GRID_FILE in found:  # the eval's own grid (captions, seeds): better than re-tiling
+            storage.write_bytes(f"plots/{name}_grid.png", storage.read_bytes(f"{rel}/{GRID_FILE}"))
         elif found:
             images = [storage.read_bytes(f"{rel}/{f}") for f in found[:GRID_MAX_IMAGES]]
             storage.write_bytes(f"plots/{name}_grid.png", image_grid(images))

@@ -129,12 +129,12 @@ def cpu_seconds() -> float:
 
 
 def measured(run):
-    """Wrap a run: (samples, images, wall seconds, CPU seconds)."""
+    """Wrap a run: (samples, images, wall seconds, CPU seconds, *whatever else it returns)."""
 
     def wrapper(*args):
         cpu = cpu_seconds()
-        samples, images, wall = run(*args)
-        return samples, images, wall, cpu_seconds() - cpu
+        samples, images, wall, *extra = run(*args)
+        return samples, images, wall, cpu_seconds() - cpu, *extra
 
     return wrapper
 
@@ -147,10 +147,17 @@ def _plain_run(stage, micro: int, part: int = 0, parts: int = 1, start_at: float
     """
     from dreamray.data.batches import make_collate_spec
     from dreamray.data.collate import collate
-    from dreamray.data.pipeline import StagePlan, _worker, build_record, index_sources
+    from dreamray.data.pipeline import (
+        DEFAULT_CHUNK_SIZE,
+        StagePlan,
+        _worker,
+        build_record,
+        index_sources,
+    )
 
     torch_threads_one()
-    plan = StagePlan(stage, stage.model.llm_path, index_sources(stage.data), None, 32)
+    plan = StagePlan(stage, stage.model.llm_path, index_sources(stage.data), None,
+                     DEFAULT_CHUNK_SIZE)
     spec = make_collate_spec(stage, stage.model.llm_path)
     builder, transforms = _worker(plan)
     time.sleep(max(0.0, start_at - time.time()))
@@ -199,9 +206,6 @@ def plain_processes(stage, micro: int, processes: int) -> tuple[int, int, float,
     return sum(p[0] for p in parts), sum(p[1] for p in parts), wall, float("nan")
 
 
-MAP_TASKS_BUSY: list[float] = []  # per Ray run: mean number of map tasks running
-
-
 def map_task_seconds(stats: str) -> float:
     """Sum of the map tasks' wall times in a Ray Data stats text (NaN if not found)."""
     found = re.search(r"MapBatches\(build_chunks\)[^\n]*\n\* Remote wall time: .*?([\d.]+)s total",
@@ -210,8 +214,9 @@ def map_task_seconds(stats: str) -> float:
 
 
 @measured
-def ray_pipeline(stage, micro: int) -> tuple[int, int, float]:
-    """The pipeline, one consumer in the driver: (samples, images, seconds)."""
+def ray_pipeline(stage, micro: int) -> tuple[int, int, float, float]:
+    """The pipeline, one consumer in the driver: (samples, images, seconds, mean number of map
+    tasks running)."""
     from dreamray.data.batches import iter_train_batches, make_collate_spec
     from dreamray.orchestration.train_data import build_rank_dataset
 
@@ -222,12 +227,11 @@ def ray_pipeline(stage, micro: int) -> tuple[int, int, float]:
         samples += len(info.positions)
         images += info.num_clip_images + info.num_sd_images
     wall = time.perf_counter() - start
-    MAP_TASKS_BUSY.append(map_task_seconds(iterator.stats()) / wall)
-    return samples, images, wall
+    return samples, images, wall, map_task_seconds(iterator.stats()) / wall
 
 
 def _row(name: str, result: tuple, base: tuple, cpus: int) -> str:
-    n, images, wall, cpu = result
+    n, images, wall, cpu = result[:4]
     speedup = (n / wall) / (base[0] / base[2])
     cpu_ratio = (base[3] / base[0]) / (cpu / n)  # plain CPU-s per sample / this one's
     return (
@@ -283,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{[round(r[0] / r[2], 1) for r in plains]}; {args.cpus}-process runs: "
         f"{[round(r[0] / r[2], 1) for r in ceilings]}; ray runs samples/s: "
         f"{[round(r[0] / r[2], 1) for r in rays]}; map tasks busy on average, runs in order "
-        f"(cold first): {[round(b, 2) for b in MAP_TASKS_BUSY]}; load average now "
+        f"(cold first): {[round(r[4], 2) for r in (cold, *rays)]}; load average now "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
     )
     return 0

@@ -111,8 +111,8 @@ def stage(tmp_path_factory, tiny_zoo):
 
 def consume(stage, resume, num_batches):
     """Two consumers on one streaming_split, like two Ray Train workers."""
-    # one map task at a time: each new worker process spends seconds importing torch
-    ds = build_stage_dataset(stage, stage.model.llm_path, resume, chunk_size=16, concurrency=1)
+    # one map actor: each new actor process spends seconds importing torch
+    ds = build_stage_dataset(stage, stage.model.llm_path, resume, chunk_size=16, map_workers=1)
     spec = make_collate_spec(stage, stage.model.llm_path)
     fingerprint = stage_fingerprint(stage.data)
     shards = ds.streaming_split(2, equal=True)

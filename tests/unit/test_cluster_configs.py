@@ -62,3 +62,32 @@ def test_runtime_env_leaves_out_venvs_data_and_runs():
     env = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())
     assert {".venv/", ".cache/", "runs/", ".git/"} <= set(env["excludes"])
     assert env["env_vars"]["RAY_TRAIN_ENABLE_STATE_TRACKING"] == "1"
+
+
+def _gpu_nodes() -> dict[str, tuple[dict[str, float], int]]:
+    """Per cluster config: (what one GPU node declares to Ray, most such nodes)."""
+    aws = yaml.safe_load((CLUSTER / "aws-gpu.yaml").read_text())["available_node_types"]
+    aws_node = aws["gpu_8x_a100"]
+    group = yaml.safe_load((CLUSTER / "kuberay" / "raycluster.yaml").read_text())[
+        "spec"]["workerGroupSpecs"][0]
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    kuberay_node = {"CPU": float(limits["cpu"]), "GPU": float(limits["nvidia.com/gpu"])}
+    return {"aws": (aws_node["resources"], aws_node["max_workers"]),
+            "kuberay": (kuberay_node, group["maxReplicas"])}
+
+
+@pytest.mark.parametrize("cluster", ["aws", "kuberay"])
+def test_every_7b_train_stage_fits_the_cluster_with_its_data_actors(cluster):
+    from dreamray.config import TrainStageSpec, load_recipe
+    from dreamray.orchestration.resources import data_bundles, never_fits, stage_bundles
+
+    node, count = _gpu_nodes()[cluster]
+    recipe = load_recipe(REPO / "pipelines" / "recipes" / "dreamllm_7b.yaml", check_paths=False)
+    nodes = [{k: float(v) for k, v in node.items()}] * count
+    for name, stage in recipe.stages.items():
+        if isinstance(stage, TrainStageSpec):
+            assert never_fits(stage_bundles(stage), nodes, data_bundles(stage)) is None, name
+    # without room for the data actors (the gang's CPUs only) a stage could never start
+    stage = recipe.stages["stage2"]
+    gang_only = [{"CPU": 8.0 * 8, "GPU": 8.0}] * count
+    assert never_fits(stage_bundles(stage), gang_only, data_bundles(stage))

@@ -91,10 +91,15 @@ def test_gang_never_fits_names_ask_and_cluster():
     # Enough in total, but no node holds one bundle: never.
     assert never_fits([{"CPU": 3.0}], [{"CPU": 2.0}, {"CPU": 2.0}])
     assert pack([{"CPU": 1.0}] * 4, [{"CPU": 2.0}, {"CPU": 2.0}])
-    # The data tasks' CPU may sit on any node, but it must exist besides the gang.
-    assert never_fits([{"CPU": 1.0, "GPU": 1.0}], [{"CPU": 1.0, "GPU": 1.0}], {"CPU": 1.0})
+    # The data actors' CPUs may sit on any node, but they must exist besides the gang.
+    assert never_fits([{"CPU": 1.0, "GPU": 1.0}], [{"CPU": 1.0, "GPU": 1.0}], [{"CPU": 1.0}])
     assert never_fits([{"CPU": 1.0, "GPU": 1.0}],
-                      [{"CPU": 1.0, "GPU": 1.0}, {"CPU": 1.0}], {"CPU": 1.0}) is None
+                      [{"CPU": 1.0, "GPU": 1.0}, {"CPU": 1.0}], [{"CPU": 1.0}]) is None
+    why = never_fits([{"CPU": 1.0, "GPU": 1.0}], [{"CPU": 2.0, "GPU": 1.0}, {"CPU": 1.0}],
+                     [{"CPU": 1.0}] * 3)
+    assert why and "plus {CPU: 3} for its 3 data map actor(s)" in why
+    assert never_fits([{"CPU": 1.0, "GPU": 1.0}], [{"CPU": 2.0, "GPU": 1.0}, {"CPU": 2.0}],
+                      [{"CPU": 1.0}] * 3) is None
 
 
 def test_fits_now_counts_own_gangs_before_they_are_granted():

@@ -27,7 +27,8 @@ def test_dry_run_prints_batch_triple_and_resources():
     text = describe_recipe(load_recipe(REF, check_paths=False))
     assert "level 0: stage1_comprehension || stage1_creation" in text
     assert "global 2048 = micro 16 x accum 1 x workers 128; 29,296 steps" in text
-    assert "128 workers x {CPU: 8, GPU: 1} + {CPU: 1} for its data tasks" in text
+    assert ("128 workers x {CPU: 8, GPU: 1} + 256 x {CPU: 1} for its data map actors "
+            "(2 per worker)") in text
 
 
 def test_dry_run_prints_the_eval_protocols_of_the_reference_recipe():

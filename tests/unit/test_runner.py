@@ -79,7 +79,7 @@ def test_full_run_then_skip_then_edit(tmp_path):
 
 def test_small_cluster_runs_the_branches_one_after_the_other(tmp_path):
     # Two 1-CPU gangs would fit 2 CPUs, but then no CPU is left for either stage's Ray Data
-    # tasks (a real run hung like that): each stage holds a CPU for its data besides its gang.
+    # actors (a real run hung like that): each stage holds a CPU for its data besides its gang.
     summary = _run(tmp_path / "run", nodes=[{"CPU": 2.0}], targets=list(STAGE_ONE))
     assert _overlap(summary) <= 0
 
@@ -88,7 +88,7 @@ def test_a_stage_with_no_cpu_left_for_its_data_can_never_run(tmp_path):
     with pytest.raises(PreflightError) as err:
         _run(tmp_path / "run", nodes=[{"CPU": 1.0}], targets=list(STAGE_ONE))
     assert ("stages.stage1_creation: can never be scheduled: asks for 1 x {CPU: 1} = {CPU: 1} "
-            "plus {CPU: 1} for its data tasks; the cluster has {CPU: 1}") in str(err.value)
+            "plus {CPU: 1} for its 1 data map actor(s); the cluster has {CPU: 1}") in str(err.value)
 
 
 def test_a_gang_that_can_never_fit_fails_before_anything_runs(tmp_path):

@@ -79,6 +79,12 @@ class DataSpec(Spec):
     seed: int = 42
     random_flip: bool = False
     max_skip_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    map_workers_per_rank: int = Field(
+        1,
+        ge=1,
+        description="Ray Data map actors per train worker that read, tokenise and decode its "
+        "samples (one CPU each, like a DataLoader's num_workers)",
+    )
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> DataSpec:

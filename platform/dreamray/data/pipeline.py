@@ -58,15 +58,18 @@ from dreamray.data.sequence import (
     load_stage_tokenizer,
 )
 
-# Positions per map call: ~2 s of decoding at 512 px. Ray Data's executor notices a finished
-# task only on its next 0.1 s poll, so each task leaves its CPU idle for ~0.2 s (measured here:
-# 1.41 / 1.63 / 1.77 tasks busy on 2 CPUs at 16 / 32 / 64 positions per task). 128 kept the
-# tasks busier (1.83) but cost more CPU per sample (37.6 vs 28.9 ms) and was slower overall.
+# Positions per map call: ~2 s of decoding at 512 px. 16 / 32 / 64 positions kept 1.41 / 1.63 /
+# 1.77 of 2 task-pool tasks busy; 128 cost more CPU per sample (37.6 vs 28.9 ms: bigger blocks
+# through the object store) and was slower overall.
 DEFAULT_CHUNK_SIZE = 64
 _MAX_PLAN_BLOCKS = 4096
-# CPUs of one map task (Ray Data's default, spelled out because the DAG runner must keep this
-# much free beside a stage's gang: `dreamray.orchestration.resources.data_bundle`)
+# CPUs of one map actor (Ray Data's default, spelled out because the DAG runner must keep this
+# much free per actor beside a stage's gang: `dreamray.orchestration.resources.data_bundles`)
 MAP_TASK_CPUS = 1.0
+# Chunks queued on each map actor besides the one it builds: it starts the next as soon as it
+# finishes. A task pool cannot queue: Ray Data's executor notices a finished task on its next
+# 0.1 s poll, and each task's CPU sat idle meanwhile (1.75 of 2 CPUs busy, measured here).
+CHUNKS_QUEUED_PER_ACTOR = 2
 _ROW_GROUP_CACHE = 4  # row groups kept per process: consecutive chunks reuse the same groups
 RECORD_SCHEMA = pa.schema(
     [
@@ -271,7 +274,7 @@ def build_record(
 
 
 def build_chunks(batch: dict[str, np.ndarray], plan: StagePlan) -> pa.Table:
-    """The `map_batches` function: chunk numbers (column ``id``) -> records.
+    """Chunk numbers (column ``id``) -> records, in this process.
 
     Args:
         batch: a numpy batch of chunk numbers.
@@ -289,12 +292,55 @@ def build_chunks(batch: dict[str, np.ndarray], plan: StagePlan) -> pa.Table:
     return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
 
 
+class ChunkBuilder:
+    """The `map_batches` callable class: one per map actor, which loads the tokenizer and
+    image transforms once, then builds chunk after chunk."""
+
+    def __init__(self, plan: StagePlan) -> None:
+        """Args:
+        plan: the stage plan (pickled to the actor once).
+        """
+        self.plan = plan
+        _worker(plan)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        """`build_chunks` of this actor's plan."""
+        return build_chunks(batch, self.plan)
+
+
+def map_chunks(chunks: Any, plan: StagePlan, map_workers: int) -> Any:
+    """Chunk numbers -> records on a fixed pool of map actors, record order kept.
+
+    Args:
+        chunks: a `ray.data.Dataset` with one chunk number (column ``id``) per row.
+        plan: the stage plan.
+        map_workers: actors in the pool (each takes MAP_TASK_CPUS for the dataset's lifetime).
+
+    Returns:
+        The lazy dataset of records (RECORD_SCHEMA).
+    """
+    import ray.data
+
+    # deterministic record order for a seed; the resume bookkeeping does not rely on it
+    chunks.context.execution_options.preserve_order = True
+    return chunks.map_batches(
+        ChunkBuilder,
+        fn_constructor_kwargs={"plan": plan},
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=MAP_TASK_CPUS,
+        compute=ray.data.ActorPoolStrategy(
+            size=map_workers, max_tasks_in_flight_per_actor=1 + CHUNKS_QUEUED_PER_ACTOR
+        ),
+    )
+
+
 def build_stage_dataset(
     stage: TrainStageSpec,
     tokenizer_dir: str,
     resume: DataState | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    concurrency: int | None = None,
+    map_workers: int | None = None,
 ) -> Any:
     """The stage's training dataset (lazy; nothing runs until it is iterated).
 
@@ -304,8 +350,8 @@ def build_stage_dataset(
         resume: the merged data state of the checkpoint being resumed (`load_data_state`);
             its consumed positions are left out. None: start from position 0.
         chunk_size: positions per map call.
-        concurrency: most map tasks at once (None: as many as there are free CPUs). Each new
-            worker process pays ~5 s importing torch and transformers once.
+        map_workers: map actors (None: `data.map_workers_per_rank` per train worker). Each
+            new actor pays ~5 s importing torch and transformers once.
 
     Returns:
         A `ray.data.Dataset` of records (`dreamray.data.records` RECORD_FIELDS).
@@ -325,16 +371,9 @@ def build_stage_dataset(
         )
     blocks = max(1, min(plan.num_chunks, _MAX_PLAN_BLOCKS))
     ds = ray.data.range(plan.num_chunks, override_num_blocks=blocks)
-    # deterministic record order for a seed; the resume bookkeeping does not rely on it
-    ds.context.execution_options.preserve_order = True
-    return ds.map_batches(
-        build_chunks,
-        fn_kwargs={"plan": plan},
-        batch_size=1,
-        batch_format="numpy",
-        num_cpus=MAP_TASK_CPUS,
-        compute=ray.data.TaskPoolStrategy(size=concurrency),
-    )
+    if map_workers is None:
+        map_workers = stage.scaling.num_workers * stage.data.map_workers_per_rank
+    return map_chunks(ds, plan, map_workers)
 
 
 def ingest_options() -> Any:

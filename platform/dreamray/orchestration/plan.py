@@ -136,6 +136,7 @@ def _describe_train(stage: TrainStageSpec) -> list[str]:
     mix = ", ".join(f"{s.name} {s.weight / total:.1%}" for s in stage.data.sources)
     ds = stage.deepspeed
     scaling = stage.scaling
+    actors = stage.data.map_workers_per_rank * scaling.num_workers
     return [
         f"  init: llm={stage.init.llm} plugins={stage.init.plugins}",
         f"  trainable: {', '.join(stage.trainable)}",
@@ -146,6 +147,6 @@ def _describe_train(stage: TrainStageSpec) -> list[str]:
         f"accum {stage.grad_accumulation_steps} x workers {scaling.num_workers}; "
         f"{stage.total_steps:,} steps",
         f"  deepspeed: ZeRO-{ds.zero_stage} {ds.precision}",
-        f"  resources: {_resources(scaling, 'workers')} + {{CPU: {MAP_TASK_CPUS:g}}} "
-        "for its data tasks",
+        f"  resources: {_resources(scaling, 'workers')} + {actors} x {{CPU: {MAP_TASK_CPUS:g}}} "
+        f"for its data map actors ({stage.data.map_workers_per_rank} per worker)",
     ]

@@ -1,9 +1,10 @@
 """What a stage asks the cluster for, and whether the cluster can give it (pure, no Ray).
 
 A train stage is one gang: `num_workers` bundles of `{CPU, GPU}` that Ray Train places as one
-placement group (the Train V2 controller itself takes 0 CPUs), plus the CPU of its Ray Data map
-tasks, which run outside the placement group: a stage whose gang is granted but whose data
-tasks find no free CPU waits forever (two 1-CPU gangs on a 2-CPU cluster did exactly that).
+placement group (the Train V2 controller itself takes 0 CPUs), plus the CPUs of its Ray Data map
+actors (`data.map_workers_per_rank` per worker), which run outside the placement group: a stage
+whose gang is granted but whose data finds no free CPU waits forever (two 1-CPU gangs on a 2-CPU
+cluster did exactly that).
 Merge stages run inside the stage task (0 CPUs). The runner starts a stage only when the whole
 demand fits beside the stages it already started, so two of its own stages never wait on each
 other half-granted, and it fails a stage at once when no placement of it on the cluster's nodes
@@ -39,29 +40,32 @@ def stage_bundles(stage: object) -> list[Bundle]:
     return [dict(bundle) for _ in range(scaling.num_workers)]
 
 
-def data_bundle(stage: object) -> Bundle:
-    """What the stage's Ray Data tasks need free to make progress (one task at a time).
+def data_bundles(stage: object) -> list[Bundle]:
+    """What the stage's Ray Data map actors hold while it runs: one bundle per actor.
 
     Args:
         stage: a train, merge or eval stage spec.
 
     Returns:
-        `{CPU: MAP_TASK_CPUS}` for a train stage; empty for the others.
+        `data.map_workers_per_rank` x `scaling.num_workers` bundles of `{CPU: MAP_TASK_CPUS}`
+        for a train stage; empty for the others.
     """
-    return {"CPU": MAP_TASK_CPUS} if isinstance(stage, TrainStageSpec) else {}
+    if not isinstance(stage, TrainStageSpec):
+        return []
+    actors = stage.data.map_workers_per_rank * stage.scaling.num_workers
+    return [{"CPU": MAP_TASK_CPUS} for _ in range(actors)]
 
 
 def stage_demand(stage: object) -> list[Bundle]:
-    """Everything the stage holds while it runs: its gang's bundles and its data bundle.
+    """Everything the stage holds while it runs: its gang's bundles and its data bundles.
 
     Args:
         stage: a train, merge or eval stage spec.
 
     Returns:
-        The bundles to pack on the cluster's nodes (the data bundle may land on any node).
+        The bundles to pack on the cluster's nodes (the data bundles may land on any node).
     """
-    data = data_bundle(stage)
-    return stage_bundles(stage) + ([data] if data else [])
+    return stage_bundles(stage) + data_bundles(stage)
 
 
 def total(bundles: Iterable[Mapping[str, float]]) -> Bundle:
@@ -117,26 +121,25 @@ def pack(bundles: Sequence[Mapping[str, float]], nodes: Sequence[Mapping[str, fl
 
 def never_fits(bundles: Sequence[Mapping[str, float]],
                node_totals: Sequence[Mapping[str, float]],
-               data: Mapping[str, float] | None = None) -> str | None:
-    """Why a gang (and its data tasks) can never be placed on the cluster, or None if it can.
+               data: Sequence[Mapping[str, float]] = ()) -> str | None:
+    """Why a gang (and its data actors) can never be placed on the cluster, or None if it can.
 
     Args:
         bundles: the gang.
         node_totals: total resources of each alive node.
-        data: what the stage's data tasks need besides the gang (None or empty: nothing).
+        data: the bundles of the stage's data actors, besides the gang (`data_bundles`).
 
     Returns:
         A message naming what was asked for and what the cluster has, or None.
     """
-    extra = [dict(data)] if data else []
-    if not (bundles or extra) or pack(list(bundles) + extra, node_totals):
+    if not (bundles or data) or pack(list(bundles) + list(data), node_totals):
         return None
     cluster = total(node_totals)
     nodes = ", ".join(describe(n) for n in node_totals) or "no alive nodes"
     ask = (f"{len(bundles)} x {describe(bundles[0])} = {describe(total(bundles))}"
            if bundles else "no workers")
-    if extra:
-        ask += f" plus {describe(extra[0])} for its data tasks"
+    if data:
+        ask += f" plus {describe(total(data))} for its {len(data)} data map actor(s)"
     return (f"asks for {ask}; "
             f"the cluster has {describe(cluster)} on {len(node_totals)} node(s): {nodes}")
 

@@ -43,7 +43,7 @@ from dreamray.orchestration.provenance import git_commit
 from dreamray.orchestration.report import write_report
 from dreamray.orchestration.resources import (
     Bundle,
-    data_bundle,
+    data_bundles,
     fits_now,
     never_fits,
     stage_bundles,
@@ -208,7 +208,7 @@ class DagRunner:
             if record and record.status == "done" and record.identity == self.ids[name]:
                 continue  # will most likely be skipped: needs no resources
             stage = self.recipe.stages[name]
-            why = never_fits(stage_bundles(stage), snap.nodes, data_bundle(stage))
+            why = never_fits(stage_bundles(stage), snap.nodes, data_bundles(stage))
             if why:
                 problems.append(f"stages.{name}: can never be scheduled: {why}")
         return problems
@@ -236,7 +236,7 @@ class DagRunner:
         return self.decisions[name]
 
     def can_start(self, name: str) -> bool:
-        """Whether the stage's gang and data tasks fit now beside the runner's running stages."""
+        """Whether the stage's gang and data actors fit now beside the runner's running stages."""
         if not self.handles:
             return True
         demand = total(stage_demand(self.recipe.stages[name]))

@@ -23,10 +23,9 @@ from typing import Any
 from dreamray.config.specs import TrainStageSpec
 from dreamray.data.pipeline import (
     DEFAULT_CHUNK_SIZE,
-    MAP_TASK_CPUS,
     StagePlan,
-    build_chunks,
     index_sources,
+    map_chunks,
 )
 
 DATASET_PREFIX = "train_"
@@ -115,9 +114,7 @@ def build_rank_dataset(
         )
     chunks = plan.rank_chunks(rank, world_size)
     ds = ray.data.from_items([{"id": c} for c in chunks], override_num_blocks=max(1, len(chunks)))
-    ds.context.execution_options.preserve_order = True  # the split is only useful in order
-    return ds.map_batches(build_chunks, fn_kwargs={"plan": plan}, batch_size=1,
-                          batch_format="numpy", num_cpus=MAP_TASK_CPUS)
+    return map_chunks(ds, plan, stage.data.map_workers_per_rank)
 
 
 class RankDatasetFactory:

@@ -3,23 +3,25 @@
 Both read the same shards (realistic ~512 px JPEGs, generated here: decoding dominates) and do
 the same work per sample: parquet read, tokenise + build the sequence, decode, CLIP processor,
 SD resize/crop, collate. The pipeline is what a train worker of a 1-worker stage reads
-(`orchestration.train_data.build_rank_dataset`: the stage's chunks as a dataset, `map_batches`
-building them) on a local Ray cluster of
-`--cpus` CPUs, consumed by one `iter_train_batches` loop in the driver; it runs twice and the
-second (warm: worker processes already imported torch) run is the one compared. A third row
-splits the plain loop over `--cpus` processes with no Ray at all: the ceiling these cores give
-to perfectly parallel work, against which the pipeline's own cost can be read.
+(`orchestration.train_data.build_rank_dataset`: the stage's chunks as a dataset, built on a
+pool of `data.map_workers_per_rank` = `--cpus` map actors) on a local Ray cluster of `--cpus`
+CPUs, consumed by one `iter_train_batches` loop in the driver. A third row splits the plain
+loop over `--cpus` processes with no Ray at all: the ceiling these cores give to perfectly
+parallel work, against which the pipeline's own cost can be read.
 
     python benchmarks/data_throughput.py [--samples 1536] [--cpus 2] [--work-dir .cache/bench]
 
-Prints one table: samples/s, images/s, speed-up and speed-up per CPU (wall clock, best of N
-interleaved runs), and the CPU time per sample of each (this process and all its children: Ray's
-raylet, GCS and workers included), which does not depend on what else runs on the machine.
-Below it, how many map tasks were busy on average in each Ray run (the sum of the tasks' own
-wall times, from Ray Data's stats, over the run's wall time): at most `--cpus`.
+Two rates per run. Steady: the slope of samples delivered against time between the 30 % and
+the 90 % marks of the run (`STEADY_WINDOW`, least squares over the batches), which is what a
+training stage sees for hours; the target is read on it. Whole run: samples over the run's wall
+time, which for the pipeline also holds starting its map actors (each imports torch and loads
+the tokenizer and transforms: the plain loop's clock starts after its own loading) and the fill
+and drain of the pipeline. Each figure is the best of N interleaved runs (the machine is
+shared). Also printed, for the steady window and the whole run: the CPUs kept busy and the CPU
+time per sample (this process and all its children: Ray's raylet, GCS and actors included).
 
-The default 1536 planned samples (~1700 with the plan's surplus) make a run long enough that
-the pipeline's fill (the first task's ~2 s) and tail are a small part of it, as in training.
+The default 1536 planned samples (~1780 with the plan's surplus, ~28 chunks) make the steady
+window ~17 chunks long; much shorter runs give noisy steady figures.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import re
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -89,8 +91,9 @@ def write_shards(root: Path, rows_per_source: int, seed: int) -> dict[str, Path]
     return paths
 
 
-def make_stage(work: Path, samples: int, seed: int):
-    """The benchmark stage: tiny tokenizer, real CLIP-L/14 (224) and SD 2.1 (512) transforms."""
+def make_stage(work: Path, samples: int, seed: int, map_workers: int):
+    """The benchmark stage: tiny tokenizer, real CLIP-L/14 (224) and SD 2.1 (512) transforms,
+    `map_workers` map actors."""
     from dreamray.config.specs import TrainStageSpec
     from dreamray.zoo import build_real_configs, build_tiny_zoo
 
@@ -105,7 +108,8 @@ def make_stage(work: Path, samples: int, seed: int):
                 "diffusion_path": str(real.diffusion),
             },
             "trainable": ["llm"],
-            "data": {"sources": sources, "mode": "joint", "num_samples": samples, "seed": seed},
+            "data": {"sources": sources, "mode": "joint", "num_samples": samples, "seed": seed,
+                     "map_workers_per_rank": map_workers},
             "optim": {"lr": 1.0e-5},
             "loss": {"lm": 1.0, "vm": 1.0},
             "deepspeed": {"global_batch_size": 4, "micro_batch_per_gpu": 4},
@@ -113,37 +117,116 @@ def make_stage(work: Path, samples: int, seed: int):
     )
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and all its descendants (the local Ray cluster's raylet, GCS
-    and workers are children of the driver): the work done, whatever the machine's load."""
-    import psutil
+class Run(NamedTuple):
+    """One measured run."""
 
-    total = 0.0
-    for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
-        try:
-            times = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
+    samples: int
+    images: int
+    wall: float  # seconds, the whole run
+    cpu: float  # CPU seconds, the whole run
+    steady: float  # samples/s in the STEADY_WINDOW
+    steady_cores: float  # CPUs busy in the STEADY_WINDOW
+    steady_cpu_per_sample: float  # CPU seconds per sample in the STEADY_WINDOW
+
+
+class CpuMeter:
+    """CPU time of this process and all its descendants during a run (the local Ray cluster's
+    raylet, GCS and workers, and a multiprocessing pool's processes, are children of the
+    driver): the work done, whatever the machine's load. Map actors exit when their dataset is
+    done, taking their CPU times with them, so a thread reads every process's times every
+    0.2 s, keeps the last reading of each, and records the running total against time."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._first = self._read()
+        self._last = dict(self._first)
+        self.series: list[tuple[float, float]] = [(time.time(), 0.0)]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _read() -> dict[int, float]:
+        import psutil
+
+        out = {}
+        for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            out[proc.pid] = times.user + times.system
+        return out
+
+    def _update(self) -> None:
+        self._last.update(self._read())
+        spent = sum(cpu - self._first.get(pid, 0.0) for pid, cpu in self._last.items())
+        self.series.append((time.time(), spent))
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.2):
+            self._update()
+
+    def stop(self) -> float:
+        """Stop polling; CPU seconds spent since the meter was made."""
+        self._stop.set()
+        self._thread.join()
+        self._update()
+        return self.series[-1][1]
+
+    def between(self, t0: float, t1: float) -> float:
+        """CPU seconds spent between two wall-clock times (interpolated between readings)."""
+        when, spent = np.array(self.series).T
+        return float(np.interp(t1, when, spent) - np.interp(t0, when, spent))
+
+
+# The steady window, as fractions of the run's samples. It starts late enough to leave out the
+# pipeline's start: its map actors become ready one after the other, and the first one ready
+# takes 3 chunks at once, so the first ~6 chunks (~20 % of a default run) arrive in a burst.
+STEADY_WINDOW = (0.3, 0.9)
+
+
+def steady_window(times: list[float], micro: int) -> tuple[float, float, float]:
+    """The steady part of a run: (samples/s, first time, last time). The rate is the
+    least-squares slope of samples delivered against time over the batches between the
+    STEADY_WINDOW marks.
+
+    Args:
+        times: when each batch of `micro` samples was delivered (any order, any processes).
+        micro: samples per batch.
+
+    Returns:
+        Samples per second and the window's ends (wall clock).
+    """
+    t = np.sort(np.asarray(times))
+    delivered = micro * np.arange(1, len(t) + 1)
+    lo, hi = (int(f * len(t)) for f in STEADY_WINDOW)
+    return float(np.polyfit(t[lo:hi], delivered[lo:hi], 1)[0]), float(t[lo]), float(t[hi - 1])
 
 
 def measured(run):
-    """Wrap a run: (samples, images, wall seconds, CPU seconds, *whatever else it returns)."""
+    """Wrap a run returning (samples, images, wall, batch times) -> a `Run`."""
 
-    def wrapper(*args):
-        cpu = cpu_seconds()
-        samples, images, wall, *extra = run(*args)
-        return samples, images, wall, cpu_seconds() - cpu, *extra
+    def wrapper(stage, micro: int, *args) -> Run:
+        meter = CpuMeter()
+        samples, images, wall, times = run(stage, micro, *args)
+        cpu = meter.stop()
+        rate, t0, t1 = steady_window(times, micro)
+        steady_cpu = meter.between(t0, t1)
+        window = t1 - t0
+        return Run(samples, images, wall, cpu, rate, steady_cpu / window,
+                   steady_cpu / (rate * window))
 
     return wrapper
 
 
 def _plain_run(stage, micro: int, part: int = 0, parts: int = 1, start_at: float = 0.0):
-    """The plain loop over every `parts`-th chunk from `part`: (samples, images, start, end).
+    """The plain loop over every `parts`-th chunk from `part`: (samples, images, start, end,
+    batch times).
 
-    The builder and transforms are loaded first (as in Ray's warm run); the clock starts at
-    `start_at` (wall clock), or right after loading when it is 0.
+    The builder and transforms are loaded first (as a map actor does before its first chunk);
+    the clock starts at `start_at` (wall clock), or right after loading when it is 0.
     """
     from dreamray.data.batches import make_collate_spec
     from dreamray.data.collate import collate
@@ -161,7 +244,7 @@ def _plain_run(stage, micro: int, part: int = 0, parts: int = 1, start_at: float
     spec = make_collate_spec(stage, stage.model.llm_path)
     builder, transforms = _worker(plan)
     time.sleep(max(0.0, start_at - time.time()))
-    start, samples, images, batch = time.time(), 0, 0, []
+    start, samples, images, batch, times = time.time(), 0, 0, [], []
     for chunk in range(part, plan.num_chunks, parts):
         for position, source, row in plan.rows(chunk):
             record = build_record(builder, transforms, position, source, row)
@@ -172,7 +255,8 @@ def _plain_run(stage, micro: int, part: int = 0, parts: int = 1, start_at: float
                 samples += micro
                 images += len(out["clip_pixel_values"]) + len(out["sd_pixel_values"])
                 batch = []
-    return samples, images, start, time.time()
+                times.append(time.time())
+    return samples, images, start, time.time(), times
 
 
 def torch_threads_one() -> None:
@@ -185,16 +269,17 @@ def torch_threads_one() -> None:
 
 
 @measured
-def plain_loop(stage, micro: int) -> tuple[int, int, float]:
-    """The same work in one process, no Ray: (samples, images, seconds)."""
-    samples, images, start, end = _plain_run(stage, micro)
-    return samples, images, end - start
+def plain_loop(stage, micro: int):
+    """The same work in one process, no Ray."""
+    samples, images, start, end, times = _plain_run(stage, micro)
+    return samples, images, end - start, times
 
 
-def plain_processes(stage, micro: int, processes: int) -> tuple[int, int, float, float]:
+@measured
+def plain_processes(stage, micro: int, processes: int):
     """The plain loop split over `processes` processes (chunk c to process c mod n), no Ray:
-    what the cores give to perfectly parallel work with no framework at all. CPU time is
-    reported as NaN (the pool's processes are gone before it could be read)."""
+    what the cores give to perfectly parallel work with no framework at all. The pool's
+    processes load first, and the clock starts together in all of them."""
     import multiprocessing as mp
 
     start_at = time.time() + 15.0  # every process has loaded its tokenizer and transforms
@@ -203,40 +288,34 @@ def plain_processes(stage, micro: int, processes: int) -> tuple[int, int, float,
             _plain_run, [(stage, micro, i, processes, start_at) for i in range(processes)]
         )
     wall = max(p[3] for p in parts) - start_at
-    return sum(p[0] for p in parts), sum(p[1] for p in parts), wall, float("nan")
-
-
-def map_task_seconds(stats: str) -> float:
-    """Sum of the map tasks' wall times in a Ray Data stats text (NaN if not found)."""
-    found = re.search(r"MapBatches\(build_chunks\)[^\n]*\n\* Remote wall time: .*?([\d.]+)s total",
-                      stats)
-    return float(found.group(1)) if found else float("nan")
+    times = [t for p in parts for t in p[4]]
+    return sum(p[0] for p in parts), sum(p[1] for p in parts), wall, times
 
 
 @measured
-def ray_pipeline(stage, micro: int) -> tuple[int, int, float, float]:
-    """The pipeline, one consumer in the driver: (samples, images, seconds, mean number of map
-    tasks running)."""
+def ray_pipeline(stage, micro: int):
+    """The pipeline, one consumer in the driver."""
     from dreamray.data.batches import iter_train_batches, make_collate_spec
     from dreamray.orchestration.train_data import build_rank_dataset
 
     spec = make_collate_spec(stage, stage.model.llm_path)
     iterator = build_rank_dataset(stage, stage.model.llm_path, 0, 1).iterator()
-    start, samples, images = time.perf_counter(), 0, 0
+    start, samples, images, times = time.time(), 0, 0, []
     for _, info in iter_train_batches(iterator, spec, micro, None, None):
         samples += len(info.positions)
         images += info.num_clip_images + info.num_sd_images
-    wall = time.perf_counter() - start
-    return samples, images, wall, map_task_seconds(iterator.stats()) / wall
+        times.append(time.time())
+    return samples, images, time.time() - start, times
 
 
-def _row(name: str, result: tuple, base: tuple, cpus: int) -> str:
-    n, images, wall, cpu = result[:4]
-    speedup = (n / wall) / (base[0] / base[2])
-    cpu_ratio = (base[3] / base[0]) / (cpu / n)  # plain CPU-s per sample / this one's
+def _row(name: str, run: Run, base: Run, cpus: int) -> str:
+    ratio = run.steady / base.steady
+    whole, base_whole = run.samples / run.wall, base.samples / base.wall
     return (
-        f"{name:<28}{n:>8}{n / wall:>11.1f}{images / wall:>10.1f}{speedup:>9.2f}"
-        f"{speedup / cpus:>7.2f}{1000 * cpu / n:>11.1f}{cpus * cpu_ratio:>12.2f}"
+        f"{name:<30}{run.steady:>9.1f}{run.steady * run.images / run.samples:>10.1f}"
+        f"{ratio:>9.2f}{ratio / cpus:>7.2f}{run.steady_cores:>8.2f}"
+        f"{1000 * run.steady_cpu_per_sample:>9.1f}{whole:>9.1f}{whole / base_whole:>9.2f}"
+        f"{1000 * run.cpu / run.samples:>9.1f}"
     )
 
 
@@ -252,42 +331,43 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     torch_threads_one()
-    stage = make_stage(args.work_dir, args.samples, seed=0)
+    stage = make_stage(args.work_dir, args.samples, seed=0, map_workers=args.cpus)
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False)
-    cold = ray_pipeline(stage, args.micro)
+    first = ray_pipeline(stage, args.micro)  # the page cache warms on the actors' imports
     plains, rays, ceilings = [], [], []
     # interleaved, best of N: the machine is shared, and load changes minute to minute
     for _ in range(args.repeats):
         plains.append(plain_loop(stage, args.micro))
         ceilings.append(plain_processes(stage, args.micro, args.cpus))
         rays.append(ray_pipeline(stage, args.micro))
-    best = lambda runs: min(runs, key=lambda r: r[2] / r[0])  # noqa: E731
-    worst = lambda runs: max(runs, key=lambda r: r[2] / r[0])  # noqa: E731
+    best = lambda runs: max(runs, key=lambda r: r.steady)  # noqa: E731
+    worst = lambda runs: min(runs, key=lambda r: r.steady)  # noqa: E731
     plain = best(plains)
+    window = "-".join(f"{f:.0%}" for f in STEADY_WINDOW)
+    print(f"\n{'':<30}{f'---- steady: {window} of the samples ----':^52}{'--- whole run ---':^27}")
     print(
-        f"\n{'run':<28}{'samples':>8}{'samples/s':>11}{'images/s':>10}{'x plain':>9}"
-        f"{'x/cpu':>7}{'cpu ms/smp':>11}{'x idle est':>12}"
+        f"{'run':<30}{'smp/s':>9}{'img/s':>10}{'x plain':>9}{'x/cpu':>7}{'cpus':>8}"
+        f"{'cpu ms':>9}{'smp/s':>9}{'x plain':>9}{'cpu ms':>9}"
     )
     print(_row("plain loop, 1 process", plain, plain, args.cpus))
     print(_row(f"plain loop, {args.cpus} processes", best(ceilings), plain, args.cpus))
-    print(_row("ray pipeline, cold start", cold, plain, args.cpus))
-    print(_row(f"ray pipeline, warm (best {args.repeats})", best(rays), plain, args.cpus))
-    print(_row("ray pipeline, warm (worst)", worst(rays), plain, args.cpus))
+    print(_row("ray pipeline, first run", first, plain, args.cpus))
+    print(_row(f"ray pipeline (best of {args.repeats})", best(rays), plain, args.cpus))
+    print(_row("ray pipeline (worst)", worst(rays), plain, args.cpus))
     print(
-        f"plain loop, {args.cpus} processes: the same loop split over {args.cpus} processes "
-        "(no Ray): what these cores give to perfectly parallel work (CPU time not read)"
+        f"smp/s, img/s: samples and images per second; x/cpu: x plain / {args.cpus} CPUs; cpus:"
+        " CPUs busy (this process and all its children: Ray's raylet, GCS, actors, the pool); "
+        "cpu ms: CPU per sample. The whole run of the pipeline includes starting its map actors"
+        " (imports, tokenizer, transforms), which the plain loop's clock leaves out. Plain loop,"
+        f" {args.cpus} processes: the same loop split over {args.cpus} processes, no Ray: what "
+        "these cores give to perfectly parallel work."
     )
+    rates = lambda runs: [round(r.steady, 1) for r in runs]  # noqa: E731
     print(
-        "x idle est: speed-up expected on idle CPUs = cpus x plain CPU per sample / this "
-        "run's CPU per sample (Ray's raylet, GCS and driver included)"
-    )
-    print(
-        f"(ray cluster: {args.cpus} CPUs; plain runs samples/s: "
-        f"{[round(r[0] / r[2], 1) for r in plains]}; {args.cpus}-process runs: "
-        f"{[round(r[0] / r[2], 1) for r in ceilings]}; ray runs samples/s: "
-        f"{[round(r[0] / r[2], 1) for r in rays]}; map tasks busy on average, runs in order "
-        f"(cold first): {[round(r[4], 2) for r in (cold, *rays)]}; load average now "
+        f"(ray cluster: {args.cpus} CPUs, {args.cpus} map actors; {args.samples} planned "
+        f"samples; steady samples/s of every run: plain {rates(plains)}, {args.cpus} processes "
+        f"{rates(ceilings)}, ray {rates(rays)}; load average now "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
     )
     return 0

@@ -145,7 +145,7 @@ def index_sources(data: DataSpec) -> list[SourceIndex]:
 
 
 class StagePlan:
-    """Everything a map task needs to turn chunk numbers into records (pickled to tasks)."""
+    """Everything a map actor needs to turn chunk numbers into records (pickled to it once)."""
 
     def __init__(
         self,
@@ -221,7 +221,8 @@ _WORKERS: dict[str, tuple[SequenceBuilder, Any]] = {}
 
 
 def _worker(plan: StagePlan) -> tuple[SequenceBuilder, Any]:
-    """The builder and transforms of a plan, loaded once per process (tasks reuse processes)."""
+    """The builder and transforms of a plan, loaded once per process (a map actor, or a plain
+    loop)."""
     key = plan.cache_key()
     if key not in _WORKERS:
         from dreamray.data.transforms import ImageTransforms

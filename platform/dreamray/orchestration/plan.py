@@ -13,6 +13,7 @@ import json
 from dreamray.config import RecipeSpec, TrainStageSpec
 from dreamray.data.pipeline import MAP_TASK_CPUS
 from dreamray.orchestration.identity import stage_identities, stage_key
+from dreamray.orchestration.resources import data_bundles
 
 # The model plan hook: `dreamray.model.<module>.<function>(stage, shapes_only=bool) -> [lines]`.
 MODEL_PLAN_HOOK = ("dreamray.model.memory", "describe_stage_plan")
@@ -136,7 +137,7 @@ def _describe_train(stage: TrainStageSpec) -> list[str]:
     mix = ", ".join(f"{s.name} {s.weight / total:.1%}" for s in stage.data.sources)
     ds = stage.deepspeed
     scaling = stage.scaling
-    actors = stage.data.map_workers_per_rank * scaling.num_workers
+    actors = len(data_bundles(stage))
     return [
         f"  init: llm={stage.init.llm} plugins={stage.init.plugins}",
         f"  trainable: {', '.join(stage.trainable)}",

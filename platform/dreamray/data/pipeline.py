@@ -65,7 +65,7 @@ DEFAULT_CHUNK_SIZE = 64
 _MAX_PLAN_BLOCKS = 4096
 # CPUs of one map actor (Ray Data's default, spelled out because the DAG runner must keep this
 # much free per actor beside a stage's gang: `dreamray.orchestration.resources.data_bundles`)
-MAP_TASK_CPUS = 1.0
+MAP_ACTOR_CPUS = 1.0
 # Chunks queued on each map actor besides the one it builds: it starts the next as soon as it
 # finishes. A task pool cannot queue: Ray Data's executor notices a finished task on its next
 # 0.1 s poll, and each task's CPU sat idle meanwhile (1.75 of 2 CPUs busy, measured here).
@@ -315,7 +315,7 @@ def map_chunks(chunks: Any, plan: StagePlan, map_workers: int) -> Any:
     Args:
         chunks: a `ray.data.Dataset` with one chunk number (column ``id``) per row.
         plan: the stage plan.
-        map_workers: actors in the pool (each takes MAP_TASK_CPUS for the dataset's lifetime).
+        map_workers: actors in the pool (each takes MAP_ACTOR_CPUS for the dataset's lifetime).
 
     Returns:
         The lazy dataset of records (RECORD_SCHEMA).
@@ -329,7 +329,7 @@ def map_chunks(chunks: Any, plan: StagePlan, map_workers: int) -> Any:
         fn_constructor_kwargs={"plan": plan},
         batch_size=1,
         batch_format="numpy",
-        num_cpus=MAP_TASK_CPUS,
+        num_cpus=MAP_ACTOR_CPUS,
         compute=ray.data.ActorPoolStrategy(
             size=map_workers, max_tasks_in_flight_per_actor=1 + CHUNKS_QUEUED_PER_ACTOR
         ),

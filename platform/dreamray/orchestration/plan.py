@@ -11,7 +11,7 @@ import importlib
 import json
 
 from dreamray.config import RecipeSpec, TrainStageSpec
-from dreamray.data.pipeline import MAP_TASK_CPUS
+from dreamray.data.pipeline import MAP_ACTOR_CPUS
 from dreamray.orchestration.identity import stage_identities, stage_key
 from dreamray.orchestration.resources import data_bundles
 
@@ -148,6 +148,6 @@ def _describe_train(stage: TrainStageSpec) -> list[str]:
         f"accum {stage.grad_accumulation_steps} x workers {scaling.num_workers}; "
         f"{stage.total_steps:,} steps",
         f"  deepspeed: ZeRO-{ds.zero_stage} {ds.precision}",
-        f"  resources: {_resources(scaling, 'workers')} + {actors} x {{CPU: {MAP_TASK_CPUS:g}}} "
+        f"  resources: {_resources(scaling, 'workers')} + {actors} x {{CPU: {MAP_ACTOR_CPUS:g}}} "
         f"for its data map actors ({stage.data.map_workers_per_rank} per worker)",
     ]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from dreamray.config.specs import ScalingSpec, TrainStageSpec
-from dreamray.data.pipeline import MAP_TASK_CPUS
+from dreamray.data.pipeline import MAP_ACTOR_CPUS
 
 Bundle = dict[str, float]
 _EPS = 1e-9  # resources are floats (fractional GPUs): compare with a tolerance
@@ -47,13 +47,13 @@ def data_bundles(stage: object) -> list[Bundle]:
         stage: a train, merge or eval stage spec.
 
     Returns:
-        `data.map_workers_per_rank` x `scaling.num_workers` bundles of `{CPU: MAP_TASK_CPUS}`
+        `data.map_workers_per_rank` x `scaling.num_workers` bundles of `{CPU: MAP_ACTOR_CPUS}`
         for a train stage; empty for the others.
     """
     if not isinstance(stage, TrainStageSpec):
         return []
     actors = stage.data.map_workers_per_rank * stage.scaling.num_workers
-    return [{"CPU": MAP_TASK_CPUS} for _ in range(actors)]
+    return [{"CPU": MAP_ACTOR_CPUS} for _ in range(actors)]
 
 
 def stage_demand(stage: object) -> list[Bundle]:

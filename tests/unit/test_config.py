@@ -34,6 +34,8 @@ def test_reference_recipe_values():
     assert stages["stage1_creation"].total_steps == 60_000_000 // 2048
     assert stages["sft"].checkpoint.keep_last == 2  # per-stage value wins over stage_defaults
     assert stages["stage2"].checkpoint.keep_last == 3
+    # stage_defaults.data deep-merges into every train stage's own data
+    assert {s.data.map_workers_per_rank for s in stages.values() if s.kind == "train"} == {2}
 
 
 def test_overrides_are_applied_before_validation():
@@ -83,6 +85,8 @@ def test_cycle_is_reported(tmp_path):
         ({"stages.sft.data.num_samples": 2}, "smaller than one global batch"),
         ({"stages.sft.loss.lm": 0.0, "stages.sft.loss.vm": 0.0}, "at least one of lm and vm"),
         ({"stages.stage2.init.plugins": "stage:sft"}, "does not list it in needs"),
+        ({"stages.sft.data.map_workers_per_rank": 0},
+         r"stages\.sft\.data\.map_workers_per_rank: .*greater than or equal to 1"),
     ],
 )
 def test_cross_field_checks(overrides, message):

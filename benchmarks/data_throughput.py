@@ -233,16 +233,16 @@ def _plain_run(stage, micro: int, part: int = 0, parts: int = 1, start_at: float
     from dreamray.data.pipeline import (
         DEFAULT_CHUNK_SIZE,
         StagePlan,
-        _worker,
         build_record,
         index_sources,
+        load_builder,
     )
 
     torch_threads_one()
     plan = StagePlan(stage, stage.model.llm_path, index_sources(stage.data), None,
                      DEFAULT_CHUNK_SIZE)
     spec = make_collate_spec(stage, stage.model.llm_path)
-    builder, transforms = _worker(plan)
+    builder, transforms = load_builder(plan)
     time.sleep(max(0.0, start_at - time.time()))
     start, samples, images, batch, times = time.time(), 0, 0, [], []
     for chunk in range(part, plan.num_chunks, parts):

@@ -215,6 +215,12 @@ class TrainStageSpec(Spec):
         """Optimizer steps in the stage: one epoch of `data.num_samples`, whole batches only."""
         return self.data.num_samples // self.deepspeed.global_batch_size
 
+    @property
+    def map_actors(self) -> int:
+        """Ray Data map actors the stage runs beside its gang (`data.map_workers_per_rank` per
+        worker)."""
+        return self.data.map_workers_per_rank * self.scaling.num_workers
+
     def input_stages(self) -> list[str]:
         """Stages whose artifacts this stage reads."""
         return self.init.stage_refs()

@@ -179,21 +179,6 @@ class StagePlan:
         lo = self.start + chunk * self.chunk_size
         return lo, min(lo + self.chunk_size, self.stop)
 
-    def cache_key(self) -> str:
-        """Identifies the heavy per-process objects (tokenizer, transforms) of this plan."""
-        return json.dumps(
-            [
-                self.tokenizer_dir,
-                self.vision_path,
-                self.diffusion_path,
-                self.num_queries,
-                self.max_length,
-                self.mode,
-                self.seed,
-                self.random_flip,
-            ]
-        )
-
     def rows(self, chunk: int) -> list[tuple[int, str, dict]]:
         """(position, source name, unified row) of every not-yet-consumed position of a chunk.
 
@@ -217,25 +202,23 @@ class StagePlan:
         return [row for row in rows if row is not None and row[0] not in self.done]
 
 
-_WORKERS: dict[str, tuple[SequenceBuilder, Any]] = {}
+def load_builder(plan: StagePlan) -> tuple[SequenceBuilder, Any]:
+    """The sequence builder and image transforms of a plan (tokenizer, processors: seconds).
 
+    Args:
+        plan: the stage plan.
 
-def _worker(plan: StagePlan) -> tuple[SequenceBuilder, Any]:
-    """The builder and transforms of a plan, loaded once per process (a map actor, or a plain
-    loop)."""
-    key = plan.cache_key()
-    if key not in _WORKERS:
-        from dreamray.data.transforms import ImageTransforms
+    Returns:
+        (`SequenceBuilder`, `dreamray.data.transforms.ImageTransforms`).
+    """
+    from dreamray.data.transforms import ImageTransforms
 
-        layout = SequenceLayout.from_model(plan.vision_path, plan.num_queries, plan.max_length)
-        builder = SequenceBuilder(
-            load_stage_tokenizer(plan.tokenizer_dir), layout, plan.mode, plan.seed
-        )
-        transforms = ImageTransforms(
-            plan.vision_path, plan.diffusion_path, plan.random_flip, plan.seed
-        )
-        _WORKERS[key] = (builder, transforms)
-    return _WORKERS[key]
+    layout = SequenceLayout.from_model(plan.vision_path, plan.num_queries, plan.max_length)
+    tokenizer = load_stage_tokenizer(plan.tokenizer_dir)
+    return (
+        SequenceBuilder(tokenizer, layout, plan.mode, plan.seed),
+        ImageTransforms(plan.vision_path, plan.diffusion_path, plan.random_flip, plan.seed),
+    )
 
 
 @functools.lru_cache(maxsize=_ROW_GROUP_CACHE)
@@ -274,25 +257,6 @@ def build_record(
     )
 
 
-def build_chunks(batch: dict[str, np.ndarray], plan: StagePlan) -> pa.Table:
-    """Chunk numbers (column ``id``) -> records, in this process.
-
-    Args:
-        batch: a numpy batch of chunk numbers.
-        plan: the stage plan.
-
-    Returns:
-        A table in RECORD_SCHEMA, positions in increasing order.
-    """
-    builder, transforms = _worker(plan)
-    records = [
-        build_record(builder, transforms, position, source, row)
-        for chunk in batch["id"]
-        for position, source, row in plan.rows(int(chunk))
-    ]
-    return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
-
-
 class ChunkBuilder:
     """The `map_batches` callable class: one per map actor, which loads the tokenizer and
     image transforms once, then builds chunk after chunk."""
@@ -302,11 +266,23 @@ class ChunkBuilder:
         plan: the stage plan (pickled to the actor once).
         """
         self.plan = plan
-        _worker(plan)
+        self.builder, self.transforms = load_builder(plan)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        """`build_chunks` of this actor's plan."""
-        return build_chunks(batch, self.plan)
+        """Chunk numbers (column ``id``) -> records.
+
+        Args:
+            batch: a numpy batch of chunk numbers.
+
+        Returns:
+            A table in RECORD_SCHEMA, positions in increasing order.
+        """
+        records = [
+            build_record(self.builder, self.transforms, position, source, row)
+            for chunk in batch["id"]
+            for position, source, row in self.plan.rows(int(chunk))
+        ]
+        return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
 
 
 def map_chunks(chunks: Any, plan: StagePlan, map_workers: int) -> Any:
@@ -351,8 +327,8 @@ def build_stage_dataset(
         resume: the merged data state of the checkpoint being resumed (`load_data_state`);
             its consumed positions are left out. None: start from position 0.
         chunk_size: positions per map call.
-        map_workers: map actors (None: `data.map_workers_per_rank` per train worker). Each
-            new actor pays ~5 s importing torch and transformers once.
+        map_workers: map actors (None: the stage's `map_actors`). Each new actor pays ~5 s
+            importing torch and transformers once.
 
     Returns:
         A `ray.data.Dataset` of records (`dreamray.data.records` RECORD_FIELDS).
@@ -372,9 +348,7 @@ def build_stage_dataset(
         )
     blocks = max(1, min(plan.num_chunks, _MAX_PLAN_BLOCKS))
     ds = ray.data.range(plan.num_chunks, override_num_blocks=blocks)
-    if map_workers is None:
-        map_workers = stage.scaling.num_workers * stage.data.map_workers_per_rank
-    return map_chunks(ds, plan, map_workers)
+    return map_chunks(ds, plan, stage.map_actors if map_workers is None else map_workers)
 
 
 def ingest_options() -> Any:

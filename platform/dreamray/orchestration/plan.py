@@ -13,7 +13,6 @@ import json
 from dreamray.config import RecipeSpec, TrainStageSpec
 from dreamray.data.pipeline import MAP_ACTOR_CPUS
 from dreamray.orchestration.identity import stage_identities, stage_key
-from dreamray.orchestration.resources import data_bundles
 
 # The model plan hook: `dreamray.model.<module>.<function>(stage, shapes_only=bool) -> [lines]`.
 MODEL_PLAN_HOOK = ("dreamray.model.memory", "describe_stage_plan")
@@ -137,7 +136,6 @@ def _describe_train(stage: TrainStageSpec) -> list[str]:
     mix = ", ".join(f"{s.name} {s.weight / total:.1%}" for s in stage.data.sources)
     ds = stage.deepspeed
     scaling = stage.scaling
-    actors = len(data_bundles(stage))
     return [
         f"  init: llm={stage.init.llm} plugins={stage.init.plugins}",
         f"  trainable: {', '.join(stage.trainable)}",
@@ -148,6 +146,7 @@ def _describe_train(stage: TrainStageSpec) -> list[str]:
         f"accum {stage.grad_accumulation_steps} x workers {scaling.num_workers}; "
         f"{stage.total_steps:,} steps",
         f"  deepspeed: ZeRO-{ds.zero_stage} {ds.precision}",
-        f"  resources: {_resources(scaling, 'workers')} + {actors} x {{CPU: {MAP_ACTOR_CPUS:g}}} "
-        f"for its data map actors ({stage.data.map_workers_per_rank} per worker)",
+        f"  resources: {_resources(scaling, 'workers')} + "
+        f"{stage.map_actors} x {{CPU: {MAP_ACTOR_CPUS:g}}} for its data map actors "
+        f"({stage.data.map_workers_per_rank} per worker)",
     ]

@@ -47,13 +47,12 @@ def data_bundles(stage: object) -> list[Bundle]:
         stage: a train, merge or eval stage spec.
 
     Returns:
-        `data.map_workers_per_rank` x `scaling.num_workers` bundles of `{CPU: MAP_ACTOR_CPUS}`
-        for a train stage; empty for the others.
+        `stage.map_actors` bundles of `{CPU: MAP_ACTOR_CPUS}` for a train stage; empty for
+        the others.
     """
     if not isinstance(stage, TrainStageSpec):
         return []
-    actors = stage.data.map_workers_per_rank * stage.scaling.num_workers
-    return [{"CPU": MAP_ACTOR_CPUS} for _ in range(actors)]
+    return [{"CPU": MAP_ACTOR_CPUS} for _ in range(stage.map_actors)]
 
 
 def stage_demand(stage: object) -> list[Bundle]:

@@ -136,13 +136,36 @@ def test_collate_rejects_skipped_and_inconsistent_records():
         collate([], SPEC)
 
 
+def plain(rec: dict) -> dict:
+    return {k: bytes(v) if isinstance(v, np.ndarray) else v for k, v in rec.items()}
+
+
+def test_records_table_shares_the_payload_memory_and_round_trips_through_pickle():
+    import pickle
+
+    from dreamray.data.batches import table_records
+    from dreamray.data.records import RECORD_SCHEMA, records_table
+
+    recs = [record(1, [1, 5, 6], [-100, 5, 6], 1, 1), skipped_record(2, "s/2", "src", "long"),
+            record(3, [1], [-100], 0, 2)]
+    table = records_table(recs)
+    assert table.schema == RECORD_SCHEMA and table.num_rows == 3
+    clip = table.column("clip_pixels").chunk(0)
+    assert np.shares_memory(np.frombuffer(clip.buffers()[2], np.uint8), recs[0]["clip_pixels"])
+    # what the object store does to a block (Ray pickles with out-of-band buffers)
+    copied = pickle.loads(pickle.dumps(table, protocol=5))
+    for table_ in (table, copied, copied.combine_chunks()):
+        assert [plain(r) for r in table_records(table_)] == [plain(r) for r in recs]
+    assert records_table([]).num_rows == 0
+
+
 def test_arrow_batches_give_back_the_records_zero_copy():
     from dreamray.data.batches import table_records
-    from dreamray.data.pipeline import RECORD_SCHEMA
+    from dreamray.data.records import records_table
 
     recs = [record(1, [1, 5, 6], [-100, 5, 6], 1, 1), record(2, [1, 9], [-100, 9], 2, 0),
             record(3, [1], [-100], 0, 2), record(4, [1, 4], [-100, 4], 1, 0)]
-    whole = pa.Table.from_pylist(recs, schema=RECORD_SCHEMA)
+    whole = records_table(recs).combine_chunks()
     # what Ray Data hands out: slices of blocks (offset > 0) and batches spanning two blocks
     two_blocks = pa.concat_tables([whole.slice(1, 2), whole.slice(3, 1)])
     for table, expected in ((whole, recs), (whole.slice(1, 2), recs[1:3]),
@@ -150,8 +173,7 @@ def test_arrow_batches_give_back_the_records_zero_copy():
         got = list(table_records(table))
         assert [r["position"] for r in got] == [r["position"] for r in expected]
         for mine, theirs in zip(got, expected, strict=True):
-            assert {k: bytes(v) if isinstance(v, np.ndarray) else v for k, v in mine.items()} \
-                == theirs
+            assert plain(mine) == plain(theirs)
         assert np.shares_memory(got[0]["clip_pixels"],
                                 np.frombuffer(table.column("clip_pixels").chunks[0].buffers()[2],
                                               np.uint8))

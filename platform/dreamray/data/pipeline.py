@@ -49,7 +49,7 @@ from dreamray.data.mixing import (
     locate_draws,
 )
 from dreamray.data.progress import DataState, RangeSet
-from dreamray.data.records import make_record, skipped_record
+from dreamray.data.records import make_record, records_table, skipped_record
 from dreamray.data.sequence import (
     SKIP_IMAGE,
     SequenceBuilder,
@@ -71,22 +71,6 @@ MAP_ACTOR_CPUS = 1.0
 # 0.1 s poll, and each task's CPU sat idle meanwhile (1.75 of 2 CPUs busy, measured here).
 CHUNKS_QUEUED_PER_ACTOR = 2
 _ROW_GROUP_CACHE = 4  # row groups kept per process: consecutive chunks reuse the same groups
-RECORD_SCHEMA = pa.schema(
-    [
-        ("position", pa.int64()),
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("skip_reason", pa.string()),
-        ("input_ids", pa.binary()),
-        ("labels", pa.binary()),
-        ("clip_pixels", pa.binary()),
-        ("n_clip", pa.int32()),
-        ("sd_pixels", pa.binary()),
-        ("n_sd", pa.int32()),
-        ("images_dropped", pa.int32()),
-        ("num_tokens", pa.int32()),
-    ]
-)
 
 
 def stage_fingerprint(data: DataSpec, sources: list[SourceIndex] | None = None) -> str:
@@ -275,14 +259,14 @@ class ChunkBuilder:
             batch: a numpy batch of chunk numbers.
 
         Returns:
-            A table in RECORD_SCHEMA, positions in increasing order.
+            A table in `records.RECORD_SCHEMA`, positions in increasing order.
         """
         records = [
             build_record(self.builder, self.transforms, position, source, row)
             for chunk in batch["id"]
             for position, source, row in self.plan.rows(int(chunk))
         ]
-        return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
+        return records_table(records)
 
 
 def map_chunks(chunks: Any, plan: StagePlan, map_workers: int) -> Any:
@@ -294,7 +278,7 @@ def map_chunks(chunks: Any, plan: StagePlan, map_workers: int) -> Any:
         map_workers: actors in the pool (each takes MAP_ACTOR_CPUS for the dataset's lifetime).
 
     Returns:
-        The lazy dataset of records (RECORD_SCHEMA).
+        The lazy dataset of records (`dreamray.data.records.RECORD_SCHEMA`).
     """
     import ray.data
 

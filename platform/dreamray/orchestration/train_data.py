@@ -99,7 +99,7 @@ def build_rank_dataset(
         chunk_size: positions per chunk.
 
     Returns:
-        A `ray.data.Dataset` in `dreamray.data.pipeline.RECORD_SCHEMA`, in stream order.
+        A `ray.data.Dataset` in `dreamray.data.records.RECORD_SCHEMA`, in stream order.
 
     Raises:
         ValueError: `resume` belongs to another stream.

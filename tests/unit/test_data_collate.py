@@ -96,6 +96,19 @@ def test_collated_clip_pixels_equal_the_clip_processor_output(tiny_zoo):
     torch.testing.assert_close(batch["clip_pixel_values"], expected["pixel_values"])
 
 
+def test_clip_pixels_pass_uint8_through_and_round_a_float_backend(tiny_zoo):
+    t = ImageTransforms(tiny_zoo.vision, tiny_zoo.diffusion, random_flip=False, seed=0)
+    image = Image.new("RGB", (40, 30), (10, 200, 30))
+    uint8 = t.clip_pixels([image])
+    direct = t.clip_processor(images=[image], return_tensors="np", do_rescale=False,
+                              do_normalize=False)["pixel_values"]
+    assert uint8.dtype == np.uint8
+    np.testing.assert_array_equal(uint8, direct)
+    floats = np.array([[[[-3.0, 12.4, 12.6, 300.0]]]], dtype=np.float32)
+    t.clip_processor = lambda **_: {"pixel_values": floats}
+    np.testing.assert_array_equal(t.clip_pixels([image]), [[[[0, 12, 13, 255]]]])
+
+
 SPEC = CollateSpec(7, (3, 2, 2), 2, clip_rescale=1.0, clip_mean=(0.0,) * 3, clip_std=(1.0,) * 3)
 
 

@@ -107,11 +107,24 @@ class OptimSpec(Spec):
     max_consecutive_nan_steps: int = Field(5, ge=1)
 
 
+LossNormalization = Literal["step", "micro_batch"]
+
+
 class LossSpec(Spec):
-    """Total loss = lm * lm_loss + vm * vm_loss."""
+    """Total loss = lm * lm_loss + vm * vm_loss.
+
+    `normalization: step` (the default) divides the summed per-token LM loss of an optimizer
+    step by the step's supervised-token count over all its micro-batches and ranks, and the
+    summed per-image diffusion loss by the step's dream-image count: every token (image) weighs
+    the same whatever batch it came in. `micro_batch` is the reference's behaviour (each
+    micro-batch's mean, averaged over micro-batches and ranks), kept to reproduce its runs: the
+    LM's effective learning rate then depends on batch composition, micro-batch size and gang
+    size. Choosing `step` is a deliberate fix of the reference (docs/ARCHITECTURE.md, "Loss").
+    """
 
     lm: float = Field(ge=0.0)
     vm: float = Field(ge=0.0)
+    normalization: LossNormalization = "step"
 
     @model_validator(mode="after")
     def _not_both_zero(self) -> LossSpec:

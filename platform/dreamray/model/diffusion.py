@@ -73,31 +73,43 @@ class StableDiffusionHead(nn.Module):
         )
         return out.sample
 
-    def loss(
+    def per_image_loss(
         self, hidden: torch.Tensor, pixel_values: torch.Tensor, snr_gamma: float | None
     ) -> torch.Tensor:
-        """The denoising loss of one batch of diffusion targets.
+        """The denoising loss of each diffusion target (the loop decides how they are averaged).
 
         Args:
             hidden: LLM hidden states at the dream positions, ``[N, Q, D]``.
             pixel_values: the target images in [-1, 1], ``[N, 3, R, R]``.
-            snr_gamma: min-SNR-gamma weighting; None for the plain mean (the reference default).
+            snr_gamma: min-SNR-gamma weighting; None for the plain MSE (the reference default).
 
         Returns:
-            A scalar: MSE(pred, target), averaged over images (each weighted if min-SNR is on).
+            ``[N]``: MSE(pred, target) per image (times its min-SNR weight when that is on).
         """
         latents = self.encode(pixel_values).float()
-        noise = torch.randn_like(latents)
-        steps = torch.randint(
-            0, self.num_train_timesteps, (latents.shape[0],), device=latents.device
-        )
+        noise, steps = self.draw_noise(latents)
         noisy = self.scheduler.add_noise(latents, noise, steps)
         target = self._target(latents, noise, steps)
         pred = self.denoise(noisy, steps, self.project(hidden))
         per_image = F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3))
         if snr_gamma is not None:
             per_image = per_image * self._min_snr_weights(steps, snr_gamma)
-        return per_image.mean()
+        return per_image
+
+    def draw_noise(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training noise and timesteps of a batch of latents (torch's global RNG).
+
+        Args:
+            latents: ``[N, 4, h, w]``.
+
+        Returns:
+            ``(noise like latents, integer timesteps [N])``.
+        """
+        noise = torch.randn_like(latents)
+        steps = torch.randint(
+            0, self.num_train_timesteps, (latents.shape[0],), device=latents.device
+        )
+        return noise, steps
 
     def _target(self, latents, noise, steps) -> torch.Tensor:
         kind = self.scheduler.config.prediction_type

@@ -18,7 +18,7 @@ from torch import nn
 from dreamray.config.specs import ProjectorSpec
 from dreamray.model import blocks as blk
 from dreamray.model.diffusion import StableDiffusionHead
-from dreamray.model.losses import lm_loss
+from dreamray.model.losses import lm_loss_sum
 from dreamray.model.plugins import CLIPVisionEmbedding, DreamEmbedding
 from dreamray.model.tokens import SpecialTokenIds
 
@@ -65,11 +65,18 @@ class DreamLLMConfig:
 
 @dataclass
 class DreamLLMOutput:
-    """What a training forward returns; `loss` is the one to backpropagate."""
+    """What a training forward returns.
+
+    `loss` combines the batch means (lm over its supervised tokens, vm over its dream images):
+    what a caller that normalises per batch backpropagates. The sums and counts let the train
+    loop normalise over a whole optimizer step instead (`dreamray.train.loop`).
+    """
 
     loss: torch.Tensor
     lm_loss: torch.Tensor
     vm_loss: torch.Tensor
+    lm_loss_sum: torch.Tensor
+    vm_loss_sum: torch.Tensor
     num_lm_tokens: torch.Tensor
     num_images: int
     num_dreams: int
@@ -290,7 +297,7 @@ class DreamLLM(nn.Module):
             lm_weight, vm_weight: loss = lm_weight * lm_loss + vm_weight * vm_loss.
 
         Returns:
-            The losses and counts.
+            The batch-mean losses, the sums they divide and the counts.
 
         Raises:
             BlockError: when blocks are malformed or their counts differ from the images supplied.
@@ -300,14 +307,16 @@ class DreamLLM(nn.Module):
         blk.check_image_count(dreams, num_dreams, input_ids.shape[0], "sd_pixel_values")
         embeds = self.embed(input_ids, clip_pixel_values, every_tower=True)
         out, hidden = self.run_llm(embeds, attention_mask)
-        lm, num_tokens = lm_loss(out.logits, labels)
-        vm = self._vm_loss(hidden, dreams, sd_pixel_values)
+        lm_sum, num_tokens = lm_loss_sum(out.logits, labels)
+        vm_sum = self._vm_loss_sum(hidden, dreams, sd_pixel_values)
+        lm, vm = lm_sum / num_tokens.clamp(min=1), vm_sum / max(num_dreams, 1)
         loss = lm_weight * lm + vm_weight * vm
         num_images = 0 if clip_pixel_values is None else clip_pixel_values.shape[0]
-        return DreamLLMOutput(loss, lm, vm, num_tokens, num_images, num_dreams)
+        return DreamLLMOutput(loss, lm, vm, lm_sum, vm_sum, num_tokens, num_images, num_dreams)
 
-    def _vm_loss(self, hidden, dreams: blk.Blocks, sd_pixel_values) -> torch.Tensor:
-        """The diffusion loss; without dream blocks, the same modules in the same order, times 0.
+    def _vm_loss_sum(self, hidden, dreams: blk.Blocks, sd_pixel_values) -> torch.Tensor:
+        """The diffusion loss summed over the dream images; without dream blocks, the same
+        modules in the same order, times 0.
 
         The stand-in condition is read from the LLM's output like a real one (the first row's
         first Q positions), so the projector, the queries and the LLM get their (zero) gradients
@@ -324,7 +333,7 @@ class DreamLLM(nn.Module):
             drop = torch.rand(cond.shape[0], device=cond.device) < cfg.condition_dropout
             uncond = self.unconditional_hidden().to(cond.dtype)[:, : cond.shape[1]]
             cond = torch.where(drop[:, None, None], uncond, cond)
-        return weight * head.loss(cond, pixels, cfg.snr_gamma)
+        return weight * head.per_image_loss(cond, pixels, cfg.snr_gamma).sum()
 
     def frozen_towers(self) -> tuple[nn.Module, ...]:
         """CLIP, VAE and UNet: the towers that never train."""

@@ -4,9 +4,17 @@ No Ray and no process-group setup here: `run_steps` is what the Ray worker runs 
 in-process tests run with world size 1. One optimizer step = `accum` micro-batches, each
 forward -> `engine.backward` -> `engine.step` (DeepSpeed applies the update on the last one).
 
-Collectives per micro-step (gloo/NCCL, tiny tensors): "does every rank have a batch" before
-the forward, so that a rank that ran out of data stops every rank instead of hanging them; and
-the sums of losses and counts after it, which give gang-wide metrics and one gang-wide NaN
+Loss normalisation (`loss.normalization: step`): the step's `accum` micro-batches are fetched
+first and their supervised tokens and dream images counted and summed over the gang; each
+micro-batch then backpropagates its loss sums divided by those step totals, times
+`accum x world_size` because DeepSpeed divides by `accum` and the ranks average. The step's
+gradient is thus the per-token (per-image) mean over the whole step, the same for any split
+into micro-batches and ranks. `micro_batch` backpropagates each micro-batch's own mean (the
+reference's behaviour).
+
+Collectives (gloo/NCCL, tiny tensors): per step, "does every rank have its batches" plus the
+counts, so that a rank that ran out of data stops every rank instead of hanging them; per
+micro-step, the sums of losses and counts, which give gang-wide metrics and one gang-wide NaN
 decision. A step with a non-finite loss on any rank is skipped on every rank (no update; the
 schedule still advances, so `step` keeps meaning "optimizer steps of the plan").
 """
@@ -23,6 +31,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from dreamray.config.specs import LossNormalization
+from dreamray.model.losses import supervised_token_count
 from dreamray.train.state import TrainState
 
 BATCH_KEYS = ("input_ids", "attention_mask", "labels", "clip_pixel_values", "sd_pixel_values")
@@ -64,12 +74,16 @@ class SkippableAdamW(torch.optim.AdamW):
 
 @dataclass(frozen=True)
 class StepMetrics:
-    """Gang-wide numbers of one optimizer step (means over micro-batches and ranks)."""
+    """Gang-wide numbers of one optimizer step.
+
+    The losses are weighted like the step's gradient (see the module docstring); `lm_loss` is
+    None for a step without supervised tokens and `vm_loss` for one without dream images.
+    """
 
     step: int
     loss: float
-    lm_loss: float
-    vm_loss: float
+    lm_loss: float | None
+    vm_loss: float | None
     lr: float
     grad_norm: float
     step_time_s: float
@@ -82,8 +96,17 @@ class StepMetrics:
     ended_at: float  # wall clock (epoch s) at the step's end: gaps include per-step reporting
 
     def as_dict(self) -> dict[str, float | int | bool]:
-        """Plain dict for reporting (Ray metrics must not hold tensors)."""
-        return dict(self.__dict__)
+        """Plain dict for reporting (Ray metrics must not hold tensors); a loss the step did
+        not have is left out rather than logged as 0."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class StepCounts:
+    """Gang-wide denominators of one optimizer step, counted before its first backward."""
+
+    lm_tokens: float
+    dream_images: float
 
 
 @dataclass
@@ -99,6 +122,7 @@ class LoopContext:
     max_consecutive_nan: int
     device: torch.device
     world_size: int
+    normalization: LossNormalization = "step"
     compute_dtype: torch.dtype = torch.float32
     manual_grad_norm: bool = False  # ZeRO-0 + fp32: DeepSpeed records no gradient norm
     last_grad_norm: float = float("nan")
@@ -133,37 +157,76 @@ def to_device(batch: Mapping[str, Any], device: torch.device, dtype: torch.dtype
     return out
 
 
-def _next_or_none(batches: Iterator, ctx: LoopContext) -> Mapping[str, Any] | None:
-    batch = next(batches, None)
-    missing = torch.tensor([1.0 if batch is None else 0.0])
-    if _all_reduce(missing, ctx.world_size).item() > 0:
+def _dream_count(batch: Mapping[str, Any]) -> int:
+    pixels = batch.get("sd_pixel_values")
+    return 0 if pixels is None else int(pixels.shape[0])
+
+
+def fetch_step(ctx: LoopContext, batches: Iterator) -> tuple[list[Mapping[str, Any]], StepCounts]:
+    """This rank's `accum` micro-batches of the next step and the step's gang-wide counts.
+
+    Args:
+        ctx: the loop context.
+        batches: this rank's micro-batch iterator.
+
+    Returns:
+        ``(micro_batches, counts)``: supervised tokens and dream images summed over every
+        micro-batch of every rank (one all-reduce, also telling whether any rank ran dry).
+
+    Raises:
+        DataExhaustedError: when any rank's iterator ends before `accum` batches.
+    """
+    fetched = [next(batches, None) for _ in range(ctx.accum)]
+    present = [b for b in fetched if b is not None]
+    local = torch.tensor(
+        [float(len(present) < ctx.accum),
+         float(sum(int(supervised_token_count(b["labels"])) for b in present)),
+         float(sum(_dream_count(b) for b in present))],
+        dtype=torch.float64,
+    )
+    _all_reduce(local, ctx.world_size)
+    if local[0].item() > 0:
         raise DataExhaustedError(
             "a rank's data iterator ended before the planned number of steps "
             "(data.num_samples larger than what the sources yield after skips?)"
         )
-    return batch
+    return present, StepCounts(lm_tokens=local[1].item(), dream_images=local[2].item())
 
 
-def micro_step(ctx: LoopContext, batch: Mapping[str, Any], boundary: bool) -> torch.Tensor:
+def _loss_terms(ctx: LoopContext, out: Any, counts: StepCounts) -> tuple[torch.Tensor, list]:
+    """The loss to backpropagate and this micro-batch's logged (loss, lm, vm) terms."""
+    if ctx.normalization == "micro_batch":
+        return out.loss, [out.loss, out.lm_loss, out.vm_loss]
+    lm = out.lm_loss_sum / max(counts.lm_tokens, 1.0)
+    vm = out.vm_loss_sum / max(counts.dream_images, 1.0)
+    share = ctx.lm_weight * lm + ctx.vm_weight * vm  # this micro-batch's part of the step loss
+    # DeepSpeed divides by the accumulation steps and the ranks average: undo both.
+    return share * (ctx.accum * ctx.world_size), [share, lm, vm]
+
+
+def micro_step(
+    ctx: LoopContext, batch: Mapping[str, Any], boundary: bool, counts: StepCounts
+) -> torch.Tensor:
     """Forward, gang-wide NaN check, backward and `engine.step` of one micro-batch.
 
     Args:
         ctx: the loop context.
         batch: one collated micro-batch.
         boundary: whether DeepSpeed applies the update on this micro-batch.
+        counts: the step's gang-wide counts (the `step` normalisation's denominators).
 
     Returns:
         The all-reduced sums, in `_STATS` order.
     """
     inputs = to_device(batch, ctx.device, ctx.compute_dtype)
     out = ctx.engine(**inputs, lm_weight=ctx.lm_weight, vm_weight=ctx.vm_weight)
-    finite = bool(torch.isfinite(out.loss).item())
+    loss, terms = _loss_terms(ctx, out, counts)
+    finite = bool(torch.isfinite(loss).item())
     images = 0 if inputs["clip_pixel_values"] is None else inputs["clip_pixel_values"].shape[0]
-    dreams = 0 if inputs["sd_pixel_values"] is None else inputs["sd_pixel_values"].shape[0]
-    losses = [out.loss.item(), out.lm_loss.item(), out.vm_loss.item()] if finite else [0.0] * 3
+    logged = [float(t.item()) for t in terms] if finite else [0.0] * 3
     stats = torch.tensor(
-        [*losses, 0.0 if finite else 1.0, float(inputs["attention_mask"].sum().item()),
-         float(inputs["input_ids"].shape[0]), float(images), float(dreams)],
+        [*logged, 0.0 if finite else 1.0, float(inputs["attention_mask"].sum().item()),
+         float(inputs["input_ids"].shape[0]), float(images), float(_dream_count(batch))],
         dtype=torch.float64,
     )
     _all_reduce(stats, ctx.world_size)
@@ -171,7 +234,7 @@ def micro_step(ctx: LoopContext, batch: Mapping[str, Any], boundary: bool) -> to
         ctx.optimizer.skip_next = True
     # Backward even when poisoned: ZeRO's reduce/gather hooks are collectives that every rank
     # must enter; the update itself is skipped.
-    ctx.engine.backward(out.loss)
+    ctx.engine.backward(loss)
     if boundary and ctx.manual_grad_norm:
         ctx.last_grad_norm = _local_grad_norm(ctx)
         if not math.isfinite(ctx.last_grad_norm):
@@ -213,12 +276,10 @@ def optimizer_step(ctx: LoopContext, batches: Iterator, state: TrainState) -> St
     totals = torch.zeros(len(_STATS), dtype=torch.float64)
     ctx.optimizer.skip_next = False
     ctx.last_grad_norm = float("nan")
-    ctx.data_wait_s = 0.0
-    for _ in range(ctx.accum):
-        fetch = time.perf_counter()
-        batch = _next_or_none(batches, ctx)
-        ctx.data_wait_s += time.perf_counter() - fetch
-        totals += micro_step(ctx, batch, ctx.engine.is_gradient_accumulation_boundary())
+    micro_batches, counts = fetch_step(ctx, batches)
+    ctx.data_wait_s = time.perf_counter() - start
+    for batch in micro_batches:
+        totals += micro_step(ctx, batch, ctx.engine.is_gradient_accumulation_boundary(), counts)
         state.samples_rank += int(batch["input_ids"].shape[0])
     skipped = ctx.optimizer.skip_next or not ctx.engine.was_step_applied()
     ctx.optimizer.skip_next = False
@@ -226,14 +287,22 @@ def optimizer_step(ctx: LoopContext, batches: Iterator, state: TrainState) -> St
         # A skipped step never called optimizer.step(); the schedule advances on purpose.
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
         ctx.scheduler.step()
-    return _finish_step(ctx, state, totals, lr, skipped, time.perf_counter() - start)
-
-
-def _finish_step(ctx, state, totals, lr, skipped, elapsed) -> StepMetrics:
-    grad_norm = ctx.last_grad_norm
     sums = dict(zip(_STATS, totals.tolist(), strict=True))
-    micro = ctx.accum * ctx.world_size
-    finite_micro = max(1.0, micro - sums["nonfinite"])
+    return _finish_step(ctx, state, sums, counts, lr, skipped, time.perf_counter() - start)
+
+
+def _step_losses(ctx: LoopContext, sums: dict, counts: StepCounts) -> tuple:
+    """(loss, lm_loss, vm_loss) of the step, weighted as its gradient is."""
+    values = [sums["loss"], sums["lm_loss"], sums["vm_loss"]]
+    if ctx.normalization == "micro_batch":
+        finite_micro = max(1.0, ctx.accum * ctx.world_size - sums["nonfinite"])
+        values = [v / finite_micro for v in values]
+    loss, lm, vm = values
+    return loss, lm if counts.lm_tokens > 0 else None, vm if counts.dream_images > 0 else None
+
+
+def _finish_step(ctx, state, sums, counts, lr, skipped, elapsed) -> StepMetrics:
+    grad_norm = ctx.last_grad_norm
     skipped = skipped or not math.isfinite(grad_norm)
     state.step += 1
     state.samples_global += int(sums["samples"])
@@ -244,11 +313,12 @@ def _finish_step(ctx, state, totals, lr, skipped, elapsed) -> StepMetrics:
             f"{state.consecutive_nan} consecutive optimizer steps with a non-finite loss or "
             f"gradient (up to step {state.step}); stopping (optim.max_consecutive_nan_steps)"
         )
+    loss, lm_loss, vm_loss = _step_losses(ctx, sums, counts)
     return StepMetrics(
         step=state.step,
-        loss=sums["loss"] / finite_micro,
-        lm_loss=sums["lm_loss"] / finite_micro,
-        vm_loss=sums["vm_loss"] / finite_micro,
+        loss=loss,
+        lm_loss=lm_loss,
+        vm_loss=vm_loss,
         lr=lr,
         grad_norm=grad_norm,
         step_time_s=elapsed,

@@ -81,9 +81,11 @@ class RayMetricsSink:
         self.nan_steps = metrics.Counter(PREFIX + "nan_steps", "skipped non-finite steps", keys)
 
     def write(self, metrics: Mapping[str, Any]) -> None:
-        """Set every gauge; count a skipped step."""
+        """Set every gauge the step has (a step without LM tokens has no `lm_loss`); count a
+        skipped step."""
         for name, gauge in self.gauges.items():
-            gauge.set(float(metrics[name]), tags=self.tags)
+            if name in metrics:
+                gauge.set(float(metrics[name]), tags=self.tags)
         if metrics["nan_skipped"]:
             self.nan_steps.inc(1.0, tags=self.tags)
 

@@ -123,6 +123,7 @@ def _loop_context(stage: TrainStageSpec, parts: EngineParts, world_size: int) ->
         accum=stage.grad_accumulation_steps,
         lm_weight=stage.loss.lm,
         vm_weight=stage.loss.vm,
+        normalization=stage.loss.normalization,
         max_consecutive_nan=stage.optim.max_consecutive_nan_steps,
         device=parts.device,
         world_size=world_size,

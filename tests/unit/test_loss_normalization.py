@@ -9,10 +9,6 @@ last micro-batch holds samples 6 and 7, which supervise no token (see step_grads
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import socket
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,6 +21,7 @@ from step_grads import (
     step_rows,
     step_stage,
 )
+from train_helpers import spawn_ranks
 
 from dreamray.train.engine import build_stage_model
 from dreamray.train.session import LocalSession
@@ -45,28 +42,9 @@ def _in_process(zoo, root, monkeypatch, micro, **kwargs):
     return grads[0], session.reports[-1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_ranks(zoo, root, zero_stage: int, checkpointing: bool = False) -> dict:
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=rank_step_main,
-                         args=(r, 2, port, str(zoo.llm.parent), str(root), 2, zero_stage,
-                               checkpointing))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + TIMEOUT_S
-    for p in procs:
-        p.join(max(1.0, deadline - time.monotonic()))
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    assert [p.exitcode for p in procs] == [0, 0], "a rank failed or hung"
+    spawn_ranks(rank_step_main, 2,
+                (str(zoo.llm.parent), str(root), 2, zero_stage, checkpointing), TIMEOUT_S)
     grads = torch.load(root / "grads.pt", weights_only=True)
     assert len(grads) == 1
     return grads[0]

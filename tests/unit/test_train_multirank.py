@@ -12,40 +12,16 @@ paired mismatched all-gathers (gloo size error or hang).
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
-import socket
-import time
 
 import pytest
-from train_helpers import rank_main  # spawned ranks inherit sys.path
+from train_helpers import rank_main, spawn_ranks  # spawned ranks inherit sys.path
 
 TIMEOUT_S = 300
 KINDS = ["mixed", "no_dreams"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_two_ranks(zoo, root, zero_stage: int) -> list[dict]:
-    ctx = mp.get_context("spawn")
-    port, zoo_dir = _free_port(), str(zoo.llm.parent)
-    procs = [ctx.Process(target=rank_main,
-                         args=(r, 2, port, zoo_dir, str(root), KINDS, zero_stage, 3))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + TIMEOUT_S
-    for p in procs:
-        p.join(max(1.0, deadline - time.monotonic()))
-    hung = [p.pid for p in procs if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    assert not hung, f"ranks {hung} still running after {TIMEOUT_S}s: a collective hung"
-    assert [p.exitcode for p in procs] == [0, 0]
+    spawn_ranks(rank_main, 2, (str(zoo.llm.parent), str(root), KINDS, zero_stage, 3), TIMEOUT_S)
     return [json.loads(line) for line in (root / "reports.rank0.jsonl").read_text().split("\n")
             if line]
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import multiprocessing as mp
+import socket
+import time
 from pathlib import Path
 
 import torch
@@ -110,3 +113,35 @@ def rank_main(
     run = RunInfo(name="t", run_name="t", run_dir=None)
     session = RankSession(root, rank, world_size)
     train_worker(stage, run, session, batches=fixed_batches(zoo, stage, (kinds[rank],)))
+
+
+def spawn_ranks(target, world_size: int, args: tuple, timeout_s: float) -> None:
+    """Run `target(rank, world_size, port, *args)` in `world_size` spawned processes (gloo on a
+    free local port) and fail the test if one exits non-zero or is still running at the timeout.
+
+    Args:
+        target: a module-level function (spawned processes import it by name).
+        world_size: the number of ranks.
+        args: the arguments after (rank, world_size, port).
+        timeout_s: how long all ranks together may run.
+
+    Raises:
+        AssertionError: a rank hung (a collective that never completed) or failed.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=target, args=(r, world_size, port, *args))
+             for r in range(world_size)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout_s
+    for p in procs:
+        p.join(max(1.0, deadline - time.monotonic()))
+    hung = [p.pid for p in procs if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert not hung, f"ranks {hung} still running after {timeout_s}s: a collective hung"
+    assert [p.exitcode for p in procs] == [0] * world_size, "a rank failed"

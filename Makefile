@@ -37,11 +37,14 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 # Tiny assets under .cache/tiny (idempotent): the zoo, the converted synthetic shards and the
-# evaluation sets (COCO captions + reference images, TextVQA).
+# evaluation sets (COCO captions + reference images, TextVQA); the shapes world's converted
+# sources and its COCO-captions / VQAv2 sets under world/.
 tiny: venv
 	$(PY) -m dreamray.zoo tiny --out $(TINY)/zoo
 	$(PY) -m dreamray.data.tiny --out $(TINY)/data
 	$(PY) -m dreamray.evals.tiny --out $(TINY)/evals
+	$(PY) -m dreamray.data.world --out $(TINY)/world/data
+	$(PY) -m dreamray.evals.world_sets --out $(TINY)/world/evals
 
 dry-run: tiny
 	$(PY) pipelines/full_recipe.py --recipe pipelines/recipes/tiny.yaml --run-dir $(RUNS)/tiny --dry-run

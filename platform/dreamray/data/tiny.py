@@ -15,8 +15,7 @@ from pathlib import Path
 
 from dreamray.data.convert import ConvertRequest, ReadContext, ensure_ray, run_conversion
 from dreamray.data.manifest import MANIFEST_NAME
-from dreamray.data.schema import SOURCES
-from dreamray.data.synthetic import LAYOUT_FILE, read_layouts, write_synthetic
+from dreamray.data.synthetic import LAYOUT_FILE, SourceLayout, read_layouts, write_synthetic
 
 SOURCES_DIR = "sources"
 SHARDS_DIR = "shards"
@@ -53,10 +52,26 @@ def build_tiny_data(
         ValueError: when `<out>/sources` was written with another seed.
     """
     out = Path(out)
-    layouts = _layouts(out / SOURCES_DIR, seed)
+    return convert_layouts(_layouts(out / SOURCES_DIR, seed), out / SHARDS_DIR, use_ray, progress)
+
+
+def convert_layouts(
+    layouts: dict[str, SourceLayout], shards: Path, use_ray: bool, progress: bool
+) -> dict[str, Path]:
+    """Convert each source into `<shards>/<source>/`, skipping those already converted.
+
+    Args:
+        layouts: source -> how to convert it.
+        shards: the root of the converted directories.
+        use_ray: convert with Ray tasks (connects to / starts a local cluster first).
+        progress: show progress bars.
+
+    Returns:
+        source -> its shard directory.
+    """
     dirs = {}
-    for source in SOURCES:
-        layout, dirs[source] = layouts[source], out / SHARDS_DIR / source
+    for source, layout in layouts.items():
+        dirs[source] = shards / source
         if (dirs[source] / MANIFEST_NAME).is_file():
             continue
         if use_ray:
@@ -92,13 +107,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.no_ray:
         ensure_ray(args.num_cpus)
-    for source, path in build_tiny_data(args.out, args.seed, not args.no_ray, True).items():
+    print_conversions(build_tiny_data(args.out, args.seed, not args.no_ray, True))
+    return 0
+
+
+def print_conversions(dirs: dict[str, Path]) -> None:
+    """Print one line per converted source: rows kept, rows rejected, where.
+
+    Args:
+        dirs: source -> its shard directory.
+    """
+    for source, path in dirs.items():
         manifest = json.loads((path / MANIFEST_NAME).read_text())
         print(
-            f"{source:<16} rows {manifest['rows_out']:>4}  rejected "
+            f"{source:<16} rows {manifest['rows_out']:>5}  rejected "
             f"{manifest['rows_rejected_total']:>3}  {path}"
         )
-    return 0
 
 
 if __name__ == "__main__":

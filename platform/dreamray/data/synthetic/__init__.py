@@ -26,6 +26,7 @@ __all__ = [
     "read_layouts",
     "read_truth",
     "write_source",
+    "write_layouts",
     "write_synthetic",
 ]
 
@@ -80,6 +81,19 @@ def write_synthetic(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     layouts = {s: write_source(out, s, seed, faults)[0] for s in (sources or SOURCES)}
+    write_layouts(out, layouts, {"seed": seed, "faults": faults})
+    return layouts
+
+
+def write_layouts(out: Path, layouts: dict[str, SourceLayout], identity: dict) -> None:
+    """Write `out/layouts.json`: how to convert each source, and what wrote them.
+
+    Args:
+        out: the sources root.
+        layouts: source -> layout.
+        identity: JSON-ready keys saying what wrote the sources (seed, faults, world, ...);
+            a later writer compares them before reusing the directory.
+    """
     body = {
         s: {
             **asdict(lay),
@@ -88,10 +102,7 @@ def write_synthetic(
         }
         for s, lay in layouts.items()
     }
-    (out / LAYOUT_FILE).write_text(
-        json.dumps({"seed": seed, "faults": faults, "sources": body}, indent=1) + "\n"
-    )
-    return layouts
+    (out / LAYOUT_FILE).write_text(json.dumps({**identity, "sources": body}, indent=1) + "\n")
 
 
 def read_layouts(out: str | Path) -> dict[str, SourceLayout]:

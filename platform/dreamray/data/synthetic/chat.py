@@ -44,7 +44,7 @@ def _turns(rng: Rng, rounds: int, with_image: bool) -> list[dict]:
     return turns
 
 
-def _expect(truth: Truth, rid: str, record: dict, images: list[bytes]) -> None:
+def expect_conversation(truth: Truth, rid: str, record: dict, images: list[bytes]) -> None:
     texts = [t["value"] for t in record["conversations"]]
     roles = [ROLE_MAP[t["from"]] for t in record["conversations"]]
     truth.expect(rid, KIND_CONVERSATION, texts, images, placeholder_turns(texts), roles=roles)
@@ -113,7 +113,7 @@ def write_llava(
                 "conversations": record["conversations"],
             }
             write_bytes(images / record["image"], data[0])
-        _expect(truth, make_id(source, path.stem, i), record, data)
+        expect_conversation(truth, make_id(source, path.stem, i), record, data)
         records.append(record)
     for reason, record in _fault_records(rng, images, pattern) if faults else []:
         truth.rejects[make_id(source, path.stem, len(records))] = reason

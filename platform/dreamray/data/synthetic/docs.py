@@ -33,31 +33,53 @@ def _document(rng: Rng, n_images: int) -> tuple[list[str], list[int]]:
     return texts, [rng.py.randrange(len(texts)) for _ in range(n_images)]
 
 
+def mmc4_record(
+    texts: list[str], image_names: list[str], matched: list[int], url: str
+) -> dict:
+    """An MMC4 document record (similarities fixed at 0.3: the converter keeps them as is).
+
+    Args:
+        texts: the sentences (`text_list`).
+        image_names: per image, its file name.
+        matched: per image, the index of the sentence it belongs to.
+        url: the document's URL.
+
+    Returns:
+        The record.
+    """
+    infos = [
+        {
+            "image_name": name,
+            "matched_text_index": m,
+            "matched_sim": 0.3,
+            "raw_url": "http://example.com/i",
+        }
+        for name, m in zip(image_names, matched, strict=True)
+    ]
+    return {
+        "text_list": texts,
+        "image_info": infos,
+        "similarity_matrix": [[0.3 for _ in texts] for _ in infos],
+        "url": url,
+        "could_have_url_duplicate": 0,
+    }
+
+
 def _good_doc(rng: Rng, index: int, name_prefix: str = "") -> tuple[dict, list[bytes]]:
     """An MMC4 record with 1-3 images, plus the images in image_info order."""
     texts, matched = _document(rng, rng.py.randint(1, 3))
     images = [rng.image(index + k) for k in range(len(matched))]
-    infos = [
-        {
-            "image_name": name_prefix + rng.hex_name(),
-            "matched_text_index": m,
-            "matched_sim": round(rng.py.uniform(0.2, 0.4), 4),
-            "raw_url": "http://example.com/i",
-        }
-        for m in matched
+    names = [name_prefix + rng.hex_name() for _ in matched]
+    record = mmc4_record(texts, names, matched, f"http://example.com/doc/{index}")
+    for info in record["image_info"]:
+        info["matched_sim"] = round(rng.py.uniform(0.2, 0.4), 4)
+    record["similarity_matrix"] = [
+        [round(rng.py.uniform(0.1, 0.4), 4) for _ in texts] for _ in matched
     ]
-    sim = [[round(rng.py.uniform(0.1, 0.4), 4) for _ in texts] for _ in infos]
-    record = {
-        "text_list": texts,
-        "image_info": infos,
-        "similarity_matrix": sim,
-        "url": f"http://example.com/doc/{index}",
-        "could_have_url_duplicate": 0,
-    }
     return record, images
 
 
-def _expect_doc(
+def expect_document(
     truth: Truth, rid: str, record: dict, images: list[bytes], instruction: str | None = None
 ) -> None:
     """Expected row: images sorted (stably) by matched_text_index."""
@@ -108,7 +130,7 @@ def _write_jsonl(
         record, images = _good_doc(rng, i)
         for info, data in zip(record["image_info"], images, strict=True):
             write_bytes(images_dir / info["image_name"], data)
-        _expect_doc(truth, make_id(truth.source, path.stem, i), record, images)
+        expect_document(truth, make_id(truth.source, path.stem, i), record, images)
         lines.append(json.dumps(record))
     for reason, record in _fault_docs(rng, images_dir) if faults else []:
         truth.rejects[make_id(truth.source, path.stem, len(lines))] = reason
@@ -133,7 +155,7 @@ def _write_tar(rng: Rng, path: Path, docs: int, inline: bool, faults: bool, trut
                 else:
                     _add_member(tar, f"{key}.{Path(info['image_name']).stem}.jpg", data)
             _add_member(tar, f"{key}.json", json.dumps(record).encode())
-            _expect_doc(truth, make_id(truth.source, path.stem, key), record, images)
+            expect_document(truth, make_id(truth.source, path.stem, key), record, images)
         if faults:
             _tar_faults(rng, tar, path.stem, inline, truth)
 
@@ -203,7 +225,7 @@ def write_instruct_mmc4(
             write_bytes(images / info["image_name"], image)
         instruction = "Write an article about: " + rng.sentence()
         record = {"instruction": instruction, **record}
-        _expect_doc(truth, make_id(source, path.stem, i), record, data, instruction)
+        expect_document(truth, make_id(source, path.stem, i), record, data, instruction)
         records.append(record)
     if faults:
         planted = [(REASON_EMPTY_INSTRUCTION, {**_good_doc(rng, 0)[0], "instruction": " "})]

@@ -37,7 +37,7 @@ def _size(data: bytes) -> tuple[int, int]:
         return im.size
 
 
-def _i2d_row(
+def img2dataset_row(
     key: str,
     caption: str | None,
     image: bytes | None,
@@ -68,11 +68,11 @@ def _i2d_shard(rng: Rng, source: str, shard: int, rows: int, truth: Truth) -> li
         rid = make_id(source, f"{shard:05d}", key)
         caption, sim = rng.sentence(), round(rng.py.uniform(0.25, 0.4), 4)
         if i % FAILED_EVERY == FAILED_EVERY - 1:
-            out.append(_i2d_row(key, caption, None, "failed_to_download", sim))
+            out.append(img2dataset_row(key, caption, None, "failed_to_download", sim))
             truth.rejects[rid] = REASON_STATUS
             continue
         image = rng.image(shard * rows + i)
-        out.append(_i2d_row(key, caption, image, "success", sim))
+        out.append(img2dataset_row(key, caption, image, "success", sim))
         truth.expect(rid, KIND_PAIR, [caption], [image], [0])
     return out
 
@@ -88,12 +88,12 @@ def _i2d_faults(rng: Rng, source: str, shard: int, start: int, truth: Truth) -> 
     rows = []
     for offset, (reason, caption, image) in enumerate(planted):
         key = f"{shard:05d}{start + offset:04d}"
-        rows.append(_i2d_row(key, caption, image, "success", 0.3, measure=False))
+        rows.append(img2dataset_row(key, caption, image, "success", 0.3, measure=False))
         truth.rejects[make_id(source, f"{shard:05d}", key)] = reason
     return rows
 
 
-def _write_table(rows: list[dict], path: Path, drop: tuple[str, ...] = ()) -> None:
+def write_parquet(rows: list[dict], path: Path, drop: tuple[str, ...] = ()) -> None:
     table = pa.Table.from_pylist(rows)
     pq.write_table(table.drop_columns(list(drop)), path, row_group_size=8)
 
@@ -123,7 +123,7 @@ def write_img2dataset(
         rows = _i2d_shard(rng, source, shard, rows_per_shard, truth)
         if faults and shard == 1:
             rows += _i2d_faults(rng, source, shard, rows_per_shard, truth)
-        _write_table(rows, root / f"{shard:05d}.parquet")
+        write_parquet(rows, root / f"{shard:05d}.parquet")
         stats = {"count": len(rows), "successes": sum(r["status"] == "success" for r in rows)}
         (root / f"{shard:05d}_stats.json").write_text(json.dumps(stats))
     if faults:
@@ -134,12 +134,12 @@ def write_img2dataset(
 def _write_file_faults(rng: Rng, source: str, root: Path, first: int, truth: Truth) -> None:
     scratch = Truth(source)  # rows of the broken files are not expected as good rows
     truncated = root / f"{first:05d}.parquet"
-    _write_table(_i2d_shard(rng, source, first, 6, scratch), truncated)
+    write_parquet(_i2d_shard(rng, source, first, 6, scratch), truncated)
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     truth.bad_files[truncated.name] = "unreadable"
     shard = first + 1
     rows = _i2d_shard(rng, source, shard, 3, scratch)
-    _write_table(rows, root / f"{shard:05d}.parquet", drop=("txt",))
+    write_parquet(rows, root / f"{shard:05d}.parquet", drop=("txt",))
     for row in rows:
         truth.rejects[make_id(source, f"{shard:05d}", row["key"])] = REASON_MISSING_COLUMN
 
@@ -147,7 +147,17 @@ def _write_file_faults(rng: Rng, source: str, root: Path, first: int, truth: Tru
 JDB_ANNOTATION = "train_anno_realease_repath.jsonl"
 
 
-def _jdb_record(rng: Rng, img_path: str, caption: str | None) -> dict:
+def journeydb_record(img_path: str, caption: str | None, prompt: str) -> dict:
+    """One line of JourneyDB's annotation file (Task2 is null when there is no caption).
+
+    Args:
+        img_path: the image path as JourneyDB writes it (`./NNN/<name>.jpg`).
+        caption: the Task2 caption (what the converter keeps).
+        prompt: the Midjourney prompt.
+
+    Returns:
+        The record.
+    """
     task2 = {
         "Caption": caption,
         "Question": ["What is shown?"],
@@ -157,10 +167,14 @@ def _jdb_record(rng: Rng, img_path: str, caption: str | None) -> dict:
     return {
         "img_path": img_path,
         "url": f"https://cdn.example.com/{img_path[2:]}",
-        "prompt": rng.sentence() + " --ar 3:2 --v 5",
+        "prompt": prompt,
         "Task1": {"Style": ["photo"], "Content": ["scene"], "Atmosphere": "calm"},
         "Task2": task2 if caption is not None else None,
     }
+
+
+def _jdb_record(rng: Rng, img_path: str, caption: str | None) -> dict:
+    return journeydb_record(img_path, caption, rng.sentence() + " --ar 3:2 --v 5")
 
 
 def write_journeydb(

@@ -27,11 +27,13 @@ from dreamray.train.engine import build_stage_model
 from dreamray.train.session import LocalSession
 
 TIMEOUT_S = 300
-# Relative-norm tolerance. Measured on this CPU: the LLM's parameters agree within 1e-6 across
-# layouts; the projectors and queries, whose gradients come through the CLIP tower and the UNet
-# run on batches of 8 vs 2 (padded to other lengths), differ by 1.2-1.8e-6 from fp32 summation
-# order alone. micro_batch normalisation differs by 0.25-0.3: 1e-5 separates them by 4 decades.
-RTOL, ATOL = 1e-5, 1e-12
+# The issue's bar, fp32 at 1e-6: every gradient element within ATOL of the reference layout, and
+# the whole step's gradient within 1e-6 in relative norm (measured: 1.6e-7 max element, 2.4e-7
+# whole). Per parameter, the small projectors and queries, fed through the CLIP tower and the
+# UNet on batches of 8 vs 2, differ by 1.2-1.8e-6 in relative norm from fp32 summation order
+# alone, so that extra per-parameter check uses 1e-5. micro_batch differs by 0.15 max element,
+# 0.28 whole, 0.25-0.3 per parameter: every check separates them by decades.
+ATOL, WHOLE_RTOL, PARAM_RTOL = 1e-6, 1e-6, 1e-5
 
 
 def _in_process(zoo, root, monkeypatch, micro, **kwargs):
@@ -51,15 +53,23 @@ def _two_ranks(zoo, root, zero_stage: int, checkpointing: bool = False) -> dict:
 
 
 def _mismatches(a: dict, b: dict) -> list[str]:
-    """Parameters whose gradients differ by more than RTOL in relative norm,
-    ||a - b|| / ||b|| (fp32 sums and batched kernels in another order give ~1e-7)."""
+    """What differs between two steps' gradients: parameters with an element off by more than
+    ATOL or a relative norm ||a - b|| / ||b|| over PARAM_RTOL, and the whole gradient's relative
+    norm over WHOLE_RTOL."""
     assert a.keys() == b.keys() and a
     bad = []
     for name in a:
-        err = float(torch.linalg.vector_norm(a[name] - b[name]))
-        err /= max(float(torch.linalg.vector_norm(b[name])), ATOL)
-        if err > RTOL:
-            bad.append(f"{name}: ||diff|| / ||grad|| = {err:.3g}")
+        diff = a[name] - b[name]
+        worst = float(diff.abs().max())
+        rel = float(torch.linalg.vector_norm(diff))
+        rel /= max(float(torch.linalg.vector_norm(b[name])), 1e-12)
+        if worst > ATOL or rel > PARAM_RTOL:
+            bad.append(f"{name}: max |diff| = {worst:.3g}, ||diff|| / ||grad|| = {rel:.3g}")
+    whole_a = torch.cat([a[n].flatten() for n in a])
+    whole_b = torch.cat([b[n].flatten() for n in a])
+    whole = float(torch.linalg.vector_norm(whole_a - whole_b) / torch.linalg.vector_norm(whole_b))
+    if whole > WHOLE_RTOL:
+        bad.append(f"whole step: ||diff|| / ||grad|| = {whole:.3g}")
     return bad
 
 

@@ -27,7 +27,7 @@ from dreamray.data.world import (
 from dreamray.data.world.text import PLACES, caption, questions
 from dreamray.evals.captions import build_coco_manifest
 from dreamray.evals.vqa_data import load_questions
-from dreamray.evals.world_sets import write_world_evals
+from dreamray.evals.world_sets import read_world_truth, write_world_evals
 
 SMALL = WorldSizes(pairs=24, documents=8, conversations=24, instructions=24)
 
@@ -129,10 +129,11 @@ def test_world_sources_are_reproducible_and_guarded(tmp_path):
 def test_world_eval_sets_load_through_the_benchmark_readers(tmp_path):
     paths = write_world_evals(tmp_path, WorldSpec(), seed=0, coco_images=12, vqa_images=6)
     manifest = build_coco_manifest(paths.coco_captions, num_samples=12, seed=0)
-    truth = json.loads(paths.coco_truth.read_text())
+    truth = read_world_truth(paths.coco_truth)
+    assert truth.values["color"] == list(WorldSpec().colors)
     assert len(manifest.items) == 12
     for item in manifest.items:
-        obj = truth[str(item.image_id)]
+        obj = truth.objects[item.image_id]
         assert f"{obj['color']} {obj['shape']}" in item.caption
         assert (paths.coco_ref_images / item.file_name).is_file()
     qs = load_questions("vqav2", paths.vqa_questions, paths.vqa_annotations)

@@ -2,6 +2,8 @@
 
 from dreamray.config.load import RecipeError, load_recipe, parse_overrides
 from dreamray.config.specs import (
+    AttributeMatchParams,
+    AttributeMatchSpec,
     CheckpointSpec,
     CocoFidParams,
     CocoFidSpec,
@@ -26,6 +28,8 @@ from dreamray.config.specs import (
 )
 
 __all__ = [
+    "AttributeMatchParams",
+    "AttributeMatchSpec",
     "CheckpointSpec",
     "CocoFidParams",
     "CocoFidSpec",

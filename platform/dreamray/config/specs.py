@@ -348,6 +348,31 @@ class VqaParams(Spec):
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
+class AttributeMatchParams(Spec):
+    """Do generated images show what their prompts ask for? Prompts of a shapes-world COCO set,
+    scored by the attribute reader against the set's `world_truth.json`."""
+
+    captions: str = Field(description="the world's COCO captions json")
+    truth: str = Field(description="its world_truth.json (prompted object per image id)")
+    num_samples: int = Field(64, ge=1)
+    manifest_seed: int = 0
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    num_inference_steps: int = Field(50, ge=1)
+    guidance_scale: float = Field(2.0, ge=0.0)
+    scheduler: Literal["ddpm", "ddim"] = "ddim"
+    generation_batch_size: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> AttributeMatchParams:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"duplicate seeds: {self.seeds}")
+        return self
+
+    def local_paths(self) -> dict[str, str]:
+        """Field name -> local path, for every path this task reads."""
+        return {"captions": self.captions, "truth": self.truth}
+
+
 class CocoFidSpec(Spec):
     """Text-to-image FID of a model artifact."""
 
@@ -364,8 +389,16 @@ class VqaSpec(Spec):
     params: VqaParams
 
 
+class AttributeMatchSpec(Spec):
+    """Colour / shape / position accuracy of a model artifact's generated images."""
+
+    task: Literal["attribute_match"]
+    model: str = Field(description="`stage:<name>` or a local artifact dir")
+    params: AttributeMatchParams
+
+
 # An evaluation of a model artifact: `task` picks the typed `params`.
-EvalSpec = Annotated[CocoFidSpec | VqaSpec, Field(discriminator="task")]
+EvalSpec = Annotated[CocoFidSpec | VqaSpec | AttributeMatchSpec, Field(discriminator="task")]
 
 
 class EvalStageSpec(Spec):

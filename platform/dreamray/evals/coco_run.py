@@ -232,6 +232,49 @@ def protocol_card(run: CocoFidRun, manifest_sha: str, resolution: int, extra: di
     }
 
 
+@dataclass(frozen=True)
+class Generated:
+    """The generation phase's outcome: the fixed manifest and every (caption, seed) item."""
+
+    manifest: CaptionManifest
+    manifest_sha: str
+    items: list[dict]
+    made: int  # images this call generated
+    missing: int  # items still without an image (a `max_items` stop)
+
+    def incomplete(self) -> dict[str, Any]:
+        """The result of a run stopped before every image was made."""
+        return {"status": "incomplete", "generated": self.made, "missing": self.missing}
+
+
+def generate_all(run: CocoFidRun, out_dir: str | Path) -> Generated:
+    """Fix the manifest and the run card, then generate (or resume) every image.
+
+    The phase both coco_fid and attribute_match run before they score the images.
+
+    Args:
+        run: the run's settings (its FID settings are not used here).
+        out_dir: the output directory (reused across restarts).
+
+    Returns:
+        The manifest and items, with how many images were made and are missing.
+
+    Raises:
+        ManifestError: bad captions file / too few images; RunMismatchError: out_dir of another
+        run; ValueError: model resolution differs from `run.resolution`.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest, manifest_sha = fix_manifest(run, out)
+    check_run_card(run, out)
+    items = work_items(manifest, list(run.seeds), out)
+    for folder in [*(seed_dir(out, s) for s in run.seeds), reranked_dir(out)]:
+        remove_stale_temps(folder)
+    store, made = generate(run, items, out)
+    missing = len(pending_items(items, store))
+    return Generated(manifest, manifest_sha, items, made, missing)
+
+
 def generate_and_score(run: CocoFidRun, out_dir: str | Path) -> dict[str, Any]:
     """Run (or resume) the whole protocol and write `scores.json` and `grid.png`.
 
@@ -249,17 +292,11 @@ def generate_and_score(run: CocoFidRun, out_dir: str | Path) -> dict[str, Any]:
         FileNotFoundError: a missing reference folder or CLIP dir (checked before generating).
     """
     check_inputs(run)
+    gen = generate_all(run, out_dir)
+    if gen.missing:
+        return gen.incomplete()
+    manifest, manifest_sha, items, made = gen.manifest, gen.manifest_sha, gen.items, gen.made
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest, manifest_sha = fix_manifest(run, out)
-    check_run_card(run, out)
-    items = work_items(manifest, list(run.seeds), out)
-    for folder in [*(seed_dir(out, s) for s in run.seeds), reranked_dir(out)]:
-        remove_stale_temps(folder)
-    store, made = generate(run, items, out)
-    missing = len(pending_items(items, store))
-    if missing:
-        return {"status": "incomplete", "generated": made, "missing": missing}
     resolution = check_resolution(run, image_resolution(items))
     folders = {f"seed{s}": seed_dir(out, s) for s in run.seeds}
     if run.clip_model is not None and len(run.seeds) > 1:

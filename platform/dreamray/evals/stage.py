@@ -12,7 +12,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from dreamray.config.specs import CocoFidParams, EvalStageSpec, ScalingSpec, VqaParams
+from dreamray.config.specs import (
+    AttributeMatchParams,
+    CocoFidParams,
+    EvalStageSpec,
+    ScalingSpec,
+    VqaParams,
+)
 from dreamray.evals.pool import PoolOptions
 from dreamray.evals.results import ResultsStore, write_json_atomic
 
@@ -42,10 +48,13 @@ def run_eval_stage(spec: EvalStageSpec, model_dir: str, out_dir: str) -> dict[st
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    pool = pool_options(spec.scaling)
     if spec.eval.task == "vqa":
-        result = run_vqa(spec.eval.params, model_dir, out, pool_options(spec.scaling))
+        result = run_vqa(spec.eval.params, model_dir, out, pool)
+    elif spec.eval.task == "attribute_match":
+        result = run_attribute_match(spec.eval.params, model_dir, out, pool)
     else:
-        result = run_coco_fid(spec.eval.params, model_dir, out, pool_options(spec.scaling))
+        result = run_coco_fid(spec.eval.params, model_dir, out, pool)
     write_json_atomic(out / "result.json", result)
     return result
 
@@ -140,3 +149,36 @@ def run_coco_fid(
         chunk_size=2 * params.generation_batch_size,
     )
     return generate_and_score(run, out)
+
+
+def run_attribute_match(
+    params: AttributeMatchParams, model_dir: str, out: Path, pool: PoolOptions
+) -> dict[str, Any]:
+    """Generate an image per world prompt and seed (resumable), read and score its attributes.
+
+    Raises:
+        ValueError: a bad truth file, prompts without truth; ManifestError / RunMismatchError
+        as for coco_fid.
+    """
+    from dreamray.evals.attribute_match import match_attributes
+    from dreamray.evals.coco_gen import SamplerSettings
+    from dreamray.evals.coco_run import CocoFidRun
+    from dreamray.evals.fid_eval import FidSettings
+
+    run = CocoFidRun(
+        model_dir=model_dir,
+        captions=params.captions,
+        num_samples=params.num_samples,
+        seeds=tuple(params.seeds),
+        fid=FidSettings(protocol="clean", progress=False),  # generation only: no FID here
+        sampler=SamplerSettings(
+            params.num_inference_steps,
+            params.guidance_scale,
+            params.scheduler,
+            params.generation_batch_size,
+        ),
+        gen_pool=pool,
+        manifest_seed=params.manifest_seed,
+        chunk_size=2 * params.generation_batch_size,
+    )
+    return match_attributes(run, params.truth, out)

@@ -1,7 +1,9 @@
 """The shapes world's evaluation sets, in the real benchmarks' formats.
 
 - COCO captions (`captions_val2014.json` + `ref_images/`): one single-object scene per image,
-  its caption, and `world_truth.json` (image id -> the object) for the attribute_match eval.
+  its caption, and `world_truth.json` for the attribute_match eval: `world` (the colours,
+  shapes and positions prompts draw from, for chance levels) and `objects` (image id -> the
+  object).
 - VQAv2 (`questions.json`, `annotations.json`, `images/COCO_val2014_<id:012d>.jpg`): questions
   about colour, shape, position and count; `answer_type` names which, so the VQA eval's
   per-answer-type accuracy reads per attribute; all 10 annotators give the true answer.
@@ -72,9 +74,51 @@ def _write_coco(paths: WorldEvalSets, spec: WorldSpec, rng: random.Random, n: in
         images.append({"id": image_id, "file_name": _image_name(image_id)})
         annotations.append({"id": image_id, "image_id": image_id, "caption": caption(scene, rng)})
         truth[str(image_id)] = scene.truth()[0]
-    paths.coco_truth.write_text(json.dumps(truth, indent=0, sort_keys=True) + "\n")
+    world = {"colors": list(spec.colors), "shapes": list(spec.shapes),
+             "positions": list(spec.positions)}
+    paths.coco_truth.write_text(
+        json.dumps({"world": world, "objects": truth}, indent=0, sort_keys=True) + "\n"
+    )
     # the captions last: their presence marks a complete set
     paths.coco_captions.write_text(json.dumps({"images": images, "annotations": annotations}))
+
+
+@dataclass(frozen=True)
+class WorldTruth:
+    """A COCO set's truth: what each prompt asked for, and what prompts draw from.
+
+    Attributes:
+        values: attribute (`color`, `shape`, `position`) -> the world's values.
+        objects: COCO image id -> the prompted object (`color`, `shape`, `position`, `size`).
+    """
+
+    values: dict[str, list[str]]
+    objects: dict[int, dict[str, str]]
+
+
+def read_world_truth(path: str | Path) -> WorldTruth:
+    """Read a `world_truth.json` written by `write_world_evals`.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The truth.
+
+    Raises:
+        ValueError: an unreadable file, or one without `world` / `objects` (named).
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+        world, objects = data["world"], data["objects"]
+        values = {"color": world["colors"], "shape": world["shapes"],
+                  "position": world["positions"]}
+        return WorldTruth(values, {int(k): v for k, v in objects.items()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(
+            f"{path}: not a world truth file (world.colors/shapes/positions and objects "
+            f"by image id): {err!r}"
+        ) from err
 
 
 def _write_vqa(paths: WorldEvalSets, spec: WorldSpec, rng: random.Random, n: int) -> None:

@@ -122,6 +122,10 @@ def _describe_eval(stage) -> list[str]:
                 + (", best seed by CLIP" if params.clip_rerank and len(params.seeds) > 1
                    else ""),
                 f"  reference: {reference} ({params.feature_extractor})"]
+    elif stage.eval.task == "attribute_match":
+        what = [f"  {params.num_samples:,} world prompts x {len(params.seeds)} seeds, "
+                f"{params.num_inference_steps} {params.scheduler} steps, "
+                f"CFG {params.guidance_scale:g}; read against {params.truth}"]
     else:
         what = [f"  {params.benchmark} {params.split}, preset {params.prompt_preset()}, "
                 f"{params.num_beams} beams, {params.max_new_tokens} new tokens; "

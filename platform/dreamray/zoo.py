@@ -103,8 +103,16 @@ def _tiny_corpus(num_lines: int = 3000) -> list[str]:
     return lines
 
 
-def _build_tokenizer(out_dir: Path) -> Any:
-    """Train a byte-level BPE on the fixed corpus and save it as an HF fast tokenizer."""
+def build_tokenizer(out_dir: Path, corpus: list[str] | None = None) -> Any:
+    """Train a byte-level BPE and save it as an HF fast tokenizer (Llama/Vicuna conventions).
+
+    Args:
+        out_dir: where to save it.
+        corpus: training lines (None: the fixed English-ish corpus of the random zoo).
+
+    Returns:
+        The `PreTrainedTokenizerFast`.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -117,7 +125,7 @@ def _build_tokenizer(out_dir: Path) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_tiny_corpus(), trainer=trainer)
+    tok.train_from_iterator(corpus or _tiny_corpus(), trainer=trainer)
     # Llama/Vicuna prepend <s> and add no </s>; the sequence builder appends </s> itself
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
@@ -134,12 +142,11 @@ def _build_tokenizer(out_dir: Path) -> Any:
     return hf_tok
 
 
-def _build_llm(out_dir: Path, seed: int) -> None:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_llm_config(tok: Any) -> Any:
+    """The tiny Llama's config (2 layers, width 64) for tokenizer `tok`."""
+    from transformers import LlamaConfig
 
-    tok = _build_tokenizer(out_dir)
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tok),
         hidden_size=64,
         intermediate_size=128,
@@ -153,16 +160,23 @@ def _build_llm(out_dir: Path, seed: int) -> None:
         pad_token_id=None,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(out_dir)
 
 
-def _build_vision(out_dir: Path, seed: int) -> None:
+def _build_llm(out_dir: Path, seed: int) -> None:
     import torch
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+    from transformers import LlamaForCausalLM
 
-    config = CLIPVisionConfig(
-        image_size=32,
+    tok = build_tokenizer(out_dir)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(tiny_llm_config(tok)).save_pretrained(out_dir)
+
+
+def tiny_vision_config(image_size: int = 32) -> Any:
+    """The tiny CLIP vision tower's config (patch 8, width 32, 2 layers)."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        image_size=image_size,
         patch_size=8,
         hidden_size=32,
         intermediate_size=64,
@@ -170,8 +184,14 @@ def _build_vision(out_dir: Path, seed: int) -> None:
         num_attention_heads=4,
         projection_dim=32,
     )
+
+
+def _build_vision(out_dir: Path, seed: int) -> None:
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionModel
+
     torch.manual_seed(seed + 1)
-    CLIPVisionModel(config).save_pretrained(out_dir)
+    CLIPVisionModel(tiny_vision_config()).save_pretrained(out_dir)
     clip_processor(CLIPImageProcessor, 32).save_pretrained(out_dir)
 
 
@@ -213,14 +233,16 @@ def sd_scheduler_kwargs() -> dict[str, Any]:
     }
 
 
-def _build_diffusion(out_dir: Path, seed: int) -> None:
-    import diffusers
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+# The tiny UNet's condition width: what the condition projector (and a text encoder) emit.
+TINY_CROSS_ATTENTION_DIM = 32
 
-    torch.manual_seed(seed + 2)
-    unet = UNet2DConditionModel(
-        sample_size=8,
+
+def tiny_unet(latent_size: int = 8) -> Any:
+    """The tiny SD-2.x-style UNet (two blocks, linear cross-attention projections)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=latent_size,
         in_channels=4,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -228,13 +250,17 @@ def _build_diffusion(out_dir: Path, seed: int) -> None:
         block_out_channels=(32, 64),
         layers_per_block=1,
         attention_head_dim=(2, 4),
-        cross_attention_dim=32,
+        cross_attention_dim=TINY_CROSS_ATTENTION_DIM,
         norm_num_groups=32,
         use_linear_projection=True,
     )
-    unet.save_pretrained(out_dir / "unet")
-    torch.manual_seed(seed + 3)
-    vae = AutoencoderKL(
+
+
+def tiny_vae(image_size: int = 16) -> Any:
+    """The tiny KL autoencoder: 4 latent channels, one 2x downsampling (latents = side / 2)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
@@ -243,11 +269,36 @@ def _build_diffusion(out_dir: Path, seed: int) -> None:
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=32,
-        sample_size=16,  # = unet 8 latents x 2 (one downsampling per extra block)
+        sample_size=image_size,
     )
-    vae.save_pretrained(out_dir / "vae")
+
+
+def write_scheduler_and_index(out_dir: Path, text_encoder: bool = False) -> None:
+    """The SD dir's `scheduler/` (SD 2.x's DDPM schedule) and `model_index.json`.
+
+    Args:
+        out_dir: the SD directory.
+        text_encoder: whether it also holds `text_encoder/` and `tokenizer/`.
+    """
+    import diffusers
+    from diffusers import DDPMScheduler
+
     DDPMScheduler(**sd_scheduler_kwargs()).save_pretrained(out_dir / "scheduler")
-    write_json(out_dir / "model_index.json", model_index(diffusers.__version__, "DDPMScheduler"))
+    index = model_index(diffusers.__version__, "DDPMScheduler")
+    if text_encoder:
+        index.update(text_encoder=["transformers", "CLIPTextModel"],
+                     tokenizer=["transformers", "PreTrainedTokenizerFast"])
+    write_json(out_dir / "model_index.json", index)
+
+
+def _build_diffusion(out_dir: Path, seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed + 2)
+    tiny_unet().save_pretrained(out_dir / "unet")
+    torch.manual_seed(seed + 3)
+    tiny_vae().save_pretrained(out_dir / "vae")  # 16 px = unet 8 latents x 2
+    write_scheduler_and_index(out_dir)
 
 
 def model_index(version: str, scheduler_class: str) -> dict[str, Any]:

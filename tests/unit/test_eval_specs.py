@@ -87,3 +87,33 @@ def test_recipe_resolves_and_checks_eval_paths(tmp_path):
     loaded = load_recipe(tmp_path / "r.yaml").stages["fid"].eval
     assert loaded.params.captions == str(tmp_path / "coco/captions_val2014.json")
     assert loaded.model == str(tmp_path / "model")
+
+
+def _base_recipe(tmp_path, stage_defaults, fid_stage):
+    for rel in ("coco/captions_val2014.json", "fid/coco256.npz"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("{}")
+    for rel in ("zoo/llm", "zoo/clip", "zoo/sd", "models/clip-vit-large-patch14"):
+        (tmp_path / rel).mkdir(parents=True, exist_ok=True)
+    recipe = {"name": "evals", "root": str(tmp_path), "stage_defaults": stage_defaults,
+              "stages": {"fid": fid_stage}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    return tmp_path / "r.yaml"
+
+
+def test_eval_of_the_base_model_takes_the_defaults_model_and_seed(tmp_path):
+    model = {"llm_path": "zoo/llm", "vision_path": "zoo/clip", "diffusion_path": "zoo/sd",
+             "num_dream_queries": 4}
+    fid = {"kind": "eval", "eval": {**COCO, "model": "base"}}
+    stage = load_recipe(_base_recipe(tmp_path, {"model": model, "seed": 7, "optim": {}},
+                                     fid)).stages["fid"]
+    assert stage.seed == 7 and stage.base_model.num_dream_queries == 4
+    assert stage.base_model.llm_path == str(tmp_path / "zoo/llm")
+    assert stage.eval.model == "base" and stage.input_stages() == []
+    own = {**fid, "seed": 3, "base_model": {**model, "num_dream_queries": 2}}
+    stage = load_recipe(_base_recipe(tmp_path, {"model": model, "seed": 7}, own)).stages["fid"]
+    assert stage.seed == 3 and stage.base_model.num_dream_queries == 2
+    with pytest.raises(RecipeError, match="eval.model is `base` but there is no base_model"):
+        load_recipe(_base_recipe(tmp_path, {"seed": 7}, fid))
+    with pytest.raises(RecipeError, match=r"base_model\.llm_path: path does not exist"):
+        load_recipe(_base_recipe(tmp_path, {"model": {**model, "llm_path": "nowhere"}}, fid))

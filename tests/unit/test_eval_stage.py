@@ -130,3 +130,36 @@ def test_vqa_stage_prompts_with_the_models_own_patch_count(tiny_zoo, tmp_path):
                        batch_size=2)
     result = run_vqa(params, str(artifact), tmp_path / "out", PoolOptions(num_actors=0))
     assert result["n"] == 2 and result["missing"] == 0
+
+
+def test_base_model_artifact_holds_the_plugins_stage_one_starts_from(tiny_zoo, tmp_path):
+    import torch
+
+    from dreamray.config.specs import ModelSpec, TrainStageSpec
+    from dreamray.model.artifact import read_plugin_states
+    from dreamray.orchestration.executors import base_model_artifact
+    from dreamray.train.engine import build_stage_model
+
+    model = ModelSpec(llm_path=str(tiny_zoo.llm), vision_path=str(tiny_zoo.vision),
+                      diffusion_path=str(tiny_zoo.diffusion), num_dream_queries=4,
+                      max_length=256)
+    params = {"captions": "c.json", "truth": "t.json"}
+    stage = EvalStageSpec.model_validate(
+        {"kind": "eval", "seed": 5, "base_model": model.model_dump(),
+         "eval": {"task": "attribute_match", "model": "base", "params": params}})
+    out = base_model_artifact(stage, tmp_path / "base_model")
+    train = TrainStageSpec.model_validate({
+        "model": model.model_dump(), "trainable": ["dream_queries"], "seed": 5,
+        "data": {"mode": "creation", "num_samples": 4,
+                 "sources": [{"name": "laion400m", "path": "x", "weight": 1.0}]},
+        "optim": {"lr": 1e-3}, "loss": {"lm": 0.0, "vm": 1.0}, "deepspeed": {"global_batch_size": 4,
+                                                          "micro_batch_per_gpu": 4}})
+    torch.manual_seed(train.seed)  # as train/worker.py seeds before building
+    started = build_stage_model(train)
+    saved = read_plugin_states(out)
+    queries = next(v for k, v in saved["dream_embedding"].items() if "dream_queries" in k)
+    assert torch.equal(queries.reshape(started.dream_embedding.dream_queries.shape),
+                       started.dream_embedding.dream_queries.detach())
+    stamp = (out / "config.json").stat().st_mtime_ns
+    assert base_model_artifact(stage, out) == out  # a resumed eval keeps it
+    assert (out / "config.json").stat().st_mtime_ns == stamp

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,48 @@ def test_eval_stages_run_on_their_model_and_their_images_reach_the_report(tmp_pa
     for name in EVALS:  # the eval's own grid is used as it is, not tiled with its images
         grid = Image.open(tmp_path / "run" / "plots" / f"{name}_grid.png")
         assert grid.size == (20, 30)
+
+
+TASK_RESULTS = {
+    "coco_fid": {"fid": 12.5},
+    "attribute_match": {"color_accuracy": 0.75, "color_chance": 0.17, "shape_accuracy": 0.5,
+                        "shape_chance": 0.33, "position_accuracy": 0.6, "position_chance": 0.2,
+                        "unreadable": {"no shape": 2}},
+    "vqa": {"overall": 61.0, "per_answer_type": {"color": 80.0, "shape": 70.0}},
+}
+
+
+def test_toy_recipe_reports_a_learning_table_row_per_evaluated_model(tmp_path, monkeypatch):
+    import dreamray.orchestration.executors as executors
+
+    subjects = {}
+
+    def task_eval(spec, model_dir, out_dir):
+        subjects.setdefault(spec.eval.model, set()).add(model_dir)
+        scale = {"base": 0.0, "stage:stage2": 0.5}.get(spec.eval.model, 1.0)
+        result = json.loads(json.dumps(TASK_RESULTS[spec.eval.task]))
+        if "color_accuracy" in result:
+            result["color_accuracy"] *= scale
+        Path(out_dir, "result.json").write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(eval_stage, "run_eval_stage", task_eval)
+    monkeypatch.setattr(executors, "base_model_artifact", lambda stage, out: out)
+    recipe = load_recipe(REPO / "pipelines/recipes/toy.yaml", {"root": "/x"}, check_paths=False)
+    backend = ThreadBackend([{"CPU": 4.0}])
+    try:
+        executors_ = {"train": ToyTrainer(step_s=0.0), "merge": run_merge_stage, "eval": run_eval}
+        summary = DagRunner(recipe, str(tmp_path / "run"), backend, executors_, poll_s=0.05).run()
+    finally:
+        backend.close()
+    assert all(state == "done" for state in summary.states.values())
+    assert subjects["stage:sft"] == {summary.artifact("sft")}
+    assert subjects["stage:stage2"] == {summary.artifact("stage2")}
+    assert {Path(d).name for d in subjects["base"]} == {"base_model"}  # one per base eval
+    report = (tmp_path / "run" / "report.md").read_text()
+    table = report.split("## Learning")[1].split("\n\n")[2].splitlines()
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| base", "| stage:stage2",
+                                                           "| stage:sft"]
+    assert "| stage:sft | 12.50 | 0.75 (0.17) | 0.50 (0.33) | 0.60 (0.20) | 61.0 | 80.0 | " \
+           "70.0 |  |  | no shape: 2 |" in report
+    assert "| base | 12.50 | 0.00 (0.17) |" in report

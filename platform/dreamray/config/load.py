@@ -138,19 +138,30 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def merge_stage_defaults(raw: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge `stage_defaults` under every train stage, then drop the key."""
+    """Deep-merge `stage_defaults` under every train stage, then drop the key. An eval of the
+    base model (`eval.model: base`) takes the defaults' `model` and `seed` as its `base_model`
+    and `seed`, where it does not set them: the starting point of the train stages."""
     out = dict(raw)
     defaults = out.pop(STAGE_DEFAULTS_KEY, None) or {}
     stages = out.get("stages")
     if not isinstance(defaults, dict) or not isinstance(stages, dict):
         return out
-    out["stages"] = {
-        name: deep_merge(defaults, stage)
-        if isinstance(stage, dict) and stage.get("kind", "train") == "train"
-        else stage
-        for name, stage in stages.items()
-    }
+    out["stages"] = {name: _with_defaults(stage, defaults) for name, stage in stages.items()}
     return out
+
+
+def _with_defaults(stage: Any, defaults: dict[str, Any]) -> Any:
+    if not isinstance(stage, dict):
+        return stage
+    kind = stage.get("kind", "train")
+    if kind == "train":
+        return deep_merge(defaults, stage)
+    evaluated = stage.get("eval")
+    if kind == "eval" and isinstance(evaluated, dict) and evaluated.get("model") == BASE_SOURCE:
+        renamed = {"model": "base_model", "seed": "seed"}
+        base = {renamed[k]: v for k, v in defaults.items() if k in renamed}
+        return deep_merge(base, stage)
+    return stage
 
 
 def raw_graph_problems(raw: dict[str, Any]) -> list[str]:
@@ -203,7 +214,10 @@ def local_paths(recipe: RecipeSpec) -> Iterator[tuple[str, str]]:
                 if not is_stage_ref(value):
                     yield f"{key}.merge.{field}", value
         else:
-            if not is_stage_ref(stage.eval.model):
+            if stage.base_model is not None:
+                for field in ("llm_path", "vision_path", "diffusion_path"):
+                    yield f"{key}.base_model.{field}", getattr(stage.base_model, field)
+            if not is_stage_ref(stage.eval.model) and stage.eval.model != BASE_SOURCE:
                 yield f"{key}.eval.model", stage.eval.model
             for field, value in stage.eval.params.local_paths().items():
                 yield f"{key}.eval.params.{field}", value

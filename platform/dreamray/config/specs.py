@@ -373,11 +373,17 @@ class AttributeMatchParams(Spec):
         return {"captions": self.captions, "truth": self.truth}
 
 
+MODEL_SOURCE_HELP = (
+    "`stage:<name>`, a local artifact dir, or `base`: the untrained starting point of stage I "
+    "(the eval stage's `base_model`, plugins drawn with its `seed`)"
+)
+
+
 class CocoFidSpec(Spec):
     """Text-to-image FID of a model artifact."""
 
     task: Literal["coco_fid"]
-    model: str = Field(description="`stage:<name>` or a local artifact dir")
+    model: str = Field(description=MODEL_SOURCE_HELP)
     params: CocoFidParams
 
 
@@ -385,7 +391,7 @@ class VqaSpec(Spec):
     """VQA accuracy of a model artifact."""
 
     task: Literal["vqa"]
-    model: str = Field(description="`stage:<name>` or a local artifact dir")
+    model: str = Field(description=MODEL_SOURCE_HELP)
     params: VqaParams
 
 
@@ -393,7 +399,7 @@ class AttributeMatchSpec(Spec):
     """Colour / shape / position accuracy of a model artifact's generated images."""
 
     task: Literal["attribute_match"]
-    model: str = Field(description="`stage:<name>` or a local artifact dir")
+    model: str = Field(description=MODEL_SOURCE_HELP)
     params: AttributeMatchParams
 
 
@@ -402,12 +408,28 @@ EvalSpec = Annotated[CocoFidSpec | VqaSpec | AttributeMatchSpec, Field(discrimin
 
 
 class EvalStageSpec(Spec):
-    """An evaluation node of the DAG."""
+    """An evaluation node of the DAG.
+
+    `eval.model: base` evaluates the model every stage-I branch starts from: the base towers of
+    `base_model` (the recipe's `stage_defaults.model` unless given) with fresh dream queries and
+    projectors drawn under `seed`, so a report can show what training changed.
+    """
 
     kind: Literal["eval"] = "eval"
     needs: list[str] = Field(default_factory=list)
     eval: EvalSpec
     scaling: ScalingSpec = ScalingSpec()
+    base_model: ModelSpec | None = None
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _base_needs_a_model(self) -> EvalStageSpec:
+        if self.eval.model == BASE_SOURCE and self.base_model is None:
+            raise ValueError(
+                "eval.model is `base` but there is no base_model (set stage_defaults.model or "
+                "the stage's base_model)"
+            )
+        return self
 
     def input_stages(self) -> list[str]:
         """Stages whose artifacts this stage reads."""

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from dreamray.config.specs import is_stage_ref
+from dreamray.config.specs import BASE_SOURCE, EvalStageSpec, is_stage_ref
 from dreamray.orchestration.context import Executor, StageContext, StageOutcome
 from dreamray.orchestration.manifest import build_manifest, write_manifest
 from dreamray.orchestration.merge import run_merge_stage
 from dreamray.orchestration.storage import RunStorage
+
+BASE_MODEL_DIR = "base_model"  # inside a base-model eval's artifact
 
 
 @dataclass(frozen=True)
@@ -157,8 +159,11 @@ def run_eval(stage: Any, ctx: StageContext) -> StageOutcome:
 
     started = time.time()
     source = stage.eval.model
-    model_dir = ctx.inputs[source.split(":", 1)[1]] if is_stage_ref(source) else source
     Path(ctx.artifact_dir).mkdir(parents=True, exist_ok=True)
+    if source == BASE_SOURCE:
+        model_dir = str(base_model_artifact(stage, Path(ctx.artifact_dir) / BASE_MODEL_DIR))
+    else:
+        model_dir = ctx.inputs[source.split(":", 1)[1]] if is_stage_ref(source) else source
     result = run_eval_stage(stage, model_dir, ctx.artifact_dir)
     metrics = {k: v for k, v in result.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -168,6 +173,30 @@ def run_eval(stage: Any, ctx: StageContext) -> StageOutcome:
         metrics=metrics))
     return StageOutcome(artifact_dir=ctx.artifact_dir, metrics=metrics, started_at=started,
                         ended_at=time.time())
+
+
+def base_model_artifact(stage: EvalStageSpec, out_dir: Path) -> Path:
+    """The artifact of an eval's base model: the stage's `base_model` towers with fresh plugins
+    drawn under its `seed`, as a train stage's workers build them (`train/worker.py`), so the
+    eval sees the model stage I starts from. Kept across a resumed eval (same spec, same bytes).
+
+    Args:
+        stage: an eval stage with `eval.model: base`.
+        out_dir: where the artifact goes.
+
+    Returns:
+        `out_dir`.
+    """
+    import torch
+
+    from dreamray.model.artifact import save_dreamllm
+    from dreamray.model.build import build_dreamllm
+
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    assert stage.base_model is not None  # the spec's validator guarantees it
+    torch.manual_seed(stage.seed)
+    return save_dreamllm(build_dreamllm(stage.base_model), out_dir)
 
 
 def default_executors() -> Mapping[str, Executor]:

@@ -131,7 +131,11 @@ def _describe_eval(stage) -> list[str]:
                 f"{params.num_beams} beams, {params.max_new_tokens} new tokens; "
                 f"scoring {params.variant}",
                 f"  questions: {params.questions}"]
-    return [f"  {stage.eval.task} on {stage.eval.model}", *what,
+    subject = stage.eval.model
+    if stage.base_model is not None and subject == "base":
+        subject = (f"base (untrained plugins, seed {stage.seed}; "
+                   f"LLM {stage.base_model.llm_path})")
+    return [f"  {stage.eval.task} on {subject}", *what,
             f"  resources: {_resources(stage.scaling, 'actors')}"]
 
 

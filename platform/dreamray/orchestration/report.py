@@ -16,6 +16,7 @@ from pathlib import Path
 from dreamray.config import RecipeSpec
 from dreamray.evals.results import GRID_FILE
 from dreamray.orchestration.identity import stage_key
+from dreamray.orchestration.learning import learning_rows, learning_table
 from dreamray.orchestration.ledger import Ledger, StageRecord, artifact_rel, train_rel
 from dreamray.orchestration.storage import RunStorage
 
@@ -45,6 +46,7 @@ def write_report(storage: RunStorage, recipe: RecipeSpec, ids: Mapping[str, str]
              f"- run dir: `{storage.uri}`",
              f"- written: {time.strftime('%Y-%m-%d %H:%M:%S')}", ""]
     lines += stage_table(recipe, states, all_records)
+    lines += learning_table(learning_rows(storage, recipe, ids, all_records))
     lines += timeline(all_records)
     lines += plot_sections(storage, recipe, ids, all_records)
     storage.write_text(REPORT, "\n".join(lines) + "\n")
@@ -230,5 +232,6 @@ def _grids(storage: RunStorage, recipe: RecipeSpec, ids: Mapping[str, str],
             images = [storage.read_bytes(f"{rel}/{f}") for f in found[:GRID_MAX_IMAGES]]
             storage.write_bytes(f"plots/{name}_grid.png", image_grid(images))
         if found:
-            lines += ["## Generated images", "", f"![{name}](plots/{name}_grid.png)", ""]
+            lines += [f"## Generated images: {name} ({recipe.stages[name].eval.model})", "",
+                      f"![{name}](plots/{name}_grid.png)", ""]
     return lines

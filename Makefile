@@ -38,24 +38,29 @@ lint: venv
 
 # Tiny assets under .cache/tiny (idempotent): the zoo, the converted synthetic shards and the
 # evaluation sets (COCO captions + reference images, TextVQA); the shapes world's converted
-# sources and its COCO-captions / VQAv2 sets under world/.
+# sources, its COCO-captions / VQAv2 sets and the pretrained world zoo under world/.
 tiny: venv
 	$(PY) -m dreamray.zoo tiny --out $(TINY)/zoo
 	$(PY) -m dreamray.data.tiny --out $(TINY)/data
 	$(PY) -m dreamray.evals.tiny --out $(TINY)/evals
 	$(PY) -m dreamray.data.world --out $(TINY)/world/data
 	$(PY) -m dreamray.evals.world_sets --out $(TINY)/world/evals
+	$(PY) -m dreamray.world_zoo --out $(TINY)/world/zoo
+
+DEMO_RECIPE := pipelines/recipes/toy.yaml
 
 dry-run: tiny
-	$(PY) pipelines/full_recipe.py --recipe pipelines/recipes/tiny.yaml --run-dir $(RUNS)/tiny --dry-run
+	$(PY) pipelines/full_recipe.py --recipe $(DEMO_RECIPE) --run-dir $(RUNS)/toy --dry-run
 
-# The tiny recipe as a Ray job on a local head (token auth on, dashboard on 127.0.0.1): start
-# the head (kept running afterwards: `make stop-head`), submit, wait, say where things are.
+# The toy recipe (the shapes world, pretrained world zoo) as a Ray job on a local head (token
+# auth on, dashboard on 127.0.0.1): start the head (kept running afterwards: `make stop-head`),
+# submit, wait, say where things are. report.md's learning table compares the base model,
+# stage II and SFT.
 demo: dry-run
 	bash cluster/local_head.sh start
-	bash cluster/submit.sh pipelines/recipes/tiny.yaml $(RUNS)/tiny
+	bash cluster/submit.sh $(DEMO_RECIPE) $(RUNS)/toy
 	@echo "dashboard: $(DASHBOARD)  (jobs, Train runs; token: ~/.ray/auth_token)"
-	@echo "report:    $(CURDIR)/$(RUNS)/tiny/report.md"
+	@echo "report:    $(CURDIR)/$(RUNS)/toy/report.md"
 
 head: venv
 	bash cluster/local_head.sh start

@@ -220,14 +220,22 @@ def clip_processor(cls: Any, side: int) -> Any:
     )
 
 
-def sd_scheduler_kwargs() -> dict[str, Any]:
-    """SD 2.x's training noise schedule, as DDPMScheduler keyword arguments."""
+def sd_scheduler_kwargs(prediction_type: str = "epsilon") -> dict[str, Any]:
+    """SD 2.x's training noise schedule, as DDPMScheduler keyword arguments.
+
+    Args:
+        prediction_type: what the UNet predicts: ``epsilon`` (SD 2.1-base) or
+            ``v_prediction`` (SD 2.1 at 768 px).
+
+    Returns:
+        The keyword arguments.
+    """
     return {
         "num_train_timesteps": 1000,
         "beta_start": 0.00085,
         "beta_end": 0.012,
         "beta_schedule": "scaled_linear",
-        "prediction_type": "epsilon",
+        "prediction_type": prediction_type,
         "clip_sample": False,
         "steps_offset": 1,
     }
@@ -273,17 +281,19 @@ def tiny_vae(image_size: int = 16) -> Any:
     )
 
 
-def write_scheduler_and_index(out_dir: Path, text_encoder: bool = False) -> None:
+def write_scheduler_and_index(out_dir: Path, text_encoder: bool = False,
+                              prediction_type: str = "epsilon") -> None:
     """The SD dir's `scheduler/` (SD 2.x's DDPM schedule) and `model_index.json`.
 
     Args:
         out_dir: the SD directory.
         text_encoder: whether it also holds `text_encoder/` and `tokenizer/`.
+        prediction_type: the UNet's target, recorded in the scheduler config.
     """
     import diffusers
     from diffusers import DDPMScheduler
 
-    DDPMScheduler(**sd_scheduler_kwargs()).save_pretrained(out_dir / "scheduler")
+    DDPMScheduler(**sd_scheduler_kwargs(prediction_type)).save_pretrained(out_dir / "scheduler")
     index = model_index(diffusers.__version__, "DDPMScheduler")
     if text_encoder:
         index.update(text_encoder=["transformers", "CLIPTextModel"],
@@ -325,8 +335,16 @@ def _read_stamp(out: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _install(staging: Path, out: Path, names: tuple[str, ...], stamp: dict[str, Any]) -> None:
-    """Move freshly built dirs into place, stamp last: a half-built zoo is never stamped."""
+def install_zoo(staging: Path, out: Path, names: tuple[str, ...], stamp: dict[str, Any]) -> None:
+    """Move freshly built dirs from `staging` into `out`, stamp last: a half-built zoo is never
+    stamped.
+
+    Args:
+        staging: where the dirs were built (same filesystem as `out`).
+        out: the zoo directory.
+        names: the dirs to move.
+        stamp: what the zoo is (kind, seed, version, settings).
+    """
     for name in names:
         target = out / name
         if target.exists():
@@ -335,8 +353,20 @@ def _install(staging: Path, out: Path, names: tuple[str, ...], stamp: dict[str, 
     write_json(out / STAMP_FILE, stamp)
 
 
-def _check_reusable(out: Path, names: tuple[str, ...], stamp: dict[str, Any]) -> bool:
-    """True if `out` already holds this exact zoo; raise if it holds something we did not make."""
+def check_reusable(out: Path, names: tuple[str, ...], stamp: dict[str, Any]) -> bool:
+    """True if `out` already holds this exact zoo; raise if it holds something we did not make.
+
+    Args:
+        out: the zoo directory.
+        names: its model dirs.
+        stamp: the stamp a matching zoo carries.
+
+    Returns:
+        Whether the zoo can be reused as it is.
+
+    Raises:
+        FileExistsError: `out` has model dirs but no stamp.
+    """
     existing = _read_stamp(out)
     if existing == stamp and all((out / n).is_dir() for n in names):
         return True
@@ -367,7 +397,7 @@ def build_tiny_zoo(out: Path, seed: int = 0) -> ZooPaths:
     out.mkdir(parents=True, exist_ok=True)
     names = (LLM_DIR, VISION_DIR, DIFFUSION_DIR)
     stamp = {"kind": "tiny", "seed": seed, "version": ZOO_VERSION}
-    if _check_reusable(out, names, stamp):
+    if check_reusable(out, names, stamp):
         return _paths(out)
     with tempfile.TemporaryDirectory(prefix=".zoo-build-", dir=out) as tmp:
         staging = Path(tmp)
@@ -379,7 +409,7 @@ def build_tiny_zoo(out: Path, seed: int = 0) -> ZooPaths:
             _build_diffusion(staging / DIFFUSION_DIR, seed)
         finally:
             torch.random.set_rng_state(rng_state)
-        _install(staging, out, names, stamp)
+        install_zoo(staging, out, names, stamp)
     return _paths(out)
 
 
@@ -405,14 +435,14 @@ def build_real_configs(out: Path) -> ZooPaths:
     out.mkdir(parents=True, exist_ok=True)
     names = (LLM_DIR, VISION_DIR, DIFFUSION_DIR)
     stamp = {"kind": "real-configs", "version": ZOO_VERSION}
-    if _check_reusable(out, names, stamp):
+    if check_reusable(out, names, stamp):
         return _paths(out)
     with tempfile.TemporaryDirectory(prefix=".zoo-build-", dir=out) as tmp:
         staging = Path(tmp)
         zoo_real.write_llm(staging / LLM_DIR)
         zoo_real.write_vision(staging / VISION_DIR)
         zoo_real.write_diffusion(staging / DIFFUSION_DIR)
-        _install(staging, out, names, stamp)
+        install_zoo(staging, out, names, stamp)
     return _paths(out)
 
 

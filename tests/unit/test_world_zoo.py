@@ -1,0 +1,61 @@
+"""The pretrained world zoo: real layouts that the model builder and diffusers load, a report of
+what each tower learned, reuse by stamp, validated settings. Built here with a few steps each
+(the learning itself is checked by tests/e2e/test_toy_learning.py and the zoo's own report)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dreamray.world_zoo import REPORT_FILE, WorldZooSettings, build_world_zoo
+from dreamray.zoo import diffusion_resolution
+
+FEW = WorldZooSettings(num_scenes=40, llm_steps=3, vision_steps=3, vae_steps=2, unet_steps=3,
+                       batch_size=4, check_samples=3)
+
+
+@pytest.fixture(scope="module")
+def world_zoo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world_zoo")
+    return out, build_world_zoo(out, FEW, seed=0, progress=False)
+
+
+def test_world_zoo_loads_through_the_model_builder(world_zoo):
+    from diffusers import DDIMScheduler
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from dreamray.config.specs import ModelSpec
+    from dreamray.model.build import build_dreamllm
+
+    _, paths = world_zoo
+    spec = ModelSpec(llm_path=str(paths.llm), vision_path=str(paths.vision),
+                     diffusion_path=str(paths.diffusion), num_dream_queries=4, max_length=128)
+    model = build_dreamllm(spec)
+    assert diffusion_resolution(paths.diffusion) == FEW.image_size
+    assert model.stable_diffusion_head.scheduler.config.prediction_type == "v_prediction"
+    text_encoder = CLIPTextModel.from_pretrained(paths.diffusion / "text_encoder")
+    tok = AutoTokenizer.from_pretrained(paths.diffusion / "tokenizer")
+    ids = tok(["a red circle on the left"], return_tensors="pt").input_ids
+    assert text_encoder(ids).last_hidden_state.shape[-1] == model.stable_diffusion_head.unet.config[
+        "cross_attention_dim"]
+    index = json.loads((paths.diffusion / "model_index.json").read_text())
+    assert index["text_encoder"] == ["transformers", "CLIPTextModel"] and "tokenizer" in index
+    DDIMScheduler.from_pretrained(paths.diffusion / "scheduler")
+    llm_tok = AutoTokenizer.from_pretrained(paths.llm)
+    assert llm_tok.pad_token is None  # like Vicuna: the model adds its own tokens
+
+
+def test_report_rebuild_and_settings(world_zoo, tmp_path):
+    out, paths = world_zoo
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert set(report) == {"llm", "vision", "vae", "unet"}
+    assert report["unet"]["steps"] == FEW.unet_steps
+    assert set(report["unet"]["generation"]) >= {"color_accuracy", "position_accuracy", "n"}
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    assert build_world_zoo(out, FEW, seed=0, progress=False) == paths  # reused as it is
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == before
+    with pytest.raises(ValueError, match="unet_steps=0"):
+        WorldZooSettings(unet_steps=0)
+    with pytest.raises(ValueError, match="image_size 48"):
+        WorldZooSettings(image_size=48)

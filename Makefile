@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test test-e2e test-unit lint tiny demo dry-run head stop-head clean
+.PHONY: venv test test-e2e test-unit lint tiny world demo dry-run head stop-head clean
 
 # The venv is rebuilt only when pyproject.toml or constraints.txt change. torch/torchvision go
 # first, as the tested pair (see docs/ARCHITECTURE.md, "Install").
@@ -36,20 +36,25 @@ test-unit: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
-# Tiny assets under .cache/tiny (idempotent): the zoo, the converted synthetic shards and the
-# evaluation sets (COCO captions + reference images, TextVQA); the shapes world's converted
-# sources, its COCO-captions / VQAv2 sets and the pretrained world zoo under world/.
-tiny: venv
+# Tiny assets under .cache/tiny (idempotent): the random zoo, the converted synthetic shards
+# and the evaluation sets (COCO captions + reference images, TextVQA) that tiny.yaml reads,
+# and the world (below).
+tiny: venv world
 	$(PY) -m dreamray.zoo tiny --out $(TINY)/zoo
 	$(PY) -m dreamray.data.tiny --out $(TINY)/data
 	$(PY) -m dreamray.evals.tiny --out $(TINY)/evals
+
+# The shapes world under .cache/tiny/world (idempotent): its sources converted to shards, its
+# COCO-captions / VQAv2 eval sets and the world zoo pretrained on it (~4 min on 2 cores), all
+# that toy.yaml reads.
+world: venv
 	$(PY) -m dreamray.data.world --out $(TINY)/world/data
 	$(PY) -m dreamray.evals.world_sets --out $(TINY)/world/evals
 	$(PY) -m dreamray.world_zoo --out $(TINY)/world/zoo
 
 DEMO_RECIPE := pipelines/recipes/toy.yaml
 
-dry-run: tiny
+dry-run: world
 	$(PY) pipelines/full_recipe.py --recipe $(DEMO_RECIPE) --run-dir $(RUNS)/toy --dry-run
 
 # The toy recipe (the shapes world, pretrained world zoo) as a Ray job on a local head (token

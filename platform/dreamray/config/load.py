@@ -196,12 +196,15 @@ def format_validation_errors(err: ValidationError) -> list[str]:
     return lines
 
 
+MODEL_PATH_FIELDS = ("llm_path", "vision_path", "diffusion_path")
+
+
 def local_paths(recipe: RecipeSpec) -> Iterator[tuple[str, str]]:
     """Yield (key path, filesystem path) for every local path a recipe names."""
     for name, stage in recipe.stages.items():
         key = f"stages.{name}"
         if stage.kind == "train":
-            for field in ("llm_path", "vision_path", "diffusion_path"):
+            for field in MODEL_PATH_FIELDS:
                 yield f"{key}.model.{field}", getattr(stage.model, field)
             for i, src in enumerate(stage.data.sources):
                 yield f"{key}.data.sources.{i}.path", src.path
@@ -215,7 +218,7 @@ def local_paths(recipe: RecipeSpec) -> Iterator[tuple[str, str]]:
                     yield f"{key}.merge.{field}", value
         else:
             if stage.base_model is not None:
-                for field in ("llm_path", "vision_path", "diffusion_path"):
+                for field in MODEL_PATH_FIELDS:
                     yield f"{key}.base_model.{field}", getattr(stage.base_model, field)
             if not is_stage_ref(stage.eval.model) and stage.eval.model != BASE_SOURCE:
                 yield f"{key}.eval.model", stage.eval.model

@@ -17,6 +17,8 @@ from typing import Any
 
 # the captioned sample grid an eval writes beside its scores (read by the run report)
 GRID_FILE = "grid.png"
+# an eval stage's result (scores and card), read by the run report's learning table
+RESULT_FILE = "result.json"
 
 ID_KEY = "id"
 

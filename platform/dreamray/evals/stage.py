@@ -20,7 +20,7 @@ from dreamray.config.specs import (
     VqaParams,
 )
 from dreamray.evals.pool import PoolOptions
-from dreamray.evals.results import ResultsStore, write_json_atomic
+from dreamray.evals.results import RESULT_FILE, ResultsStore, write_json_atomic
 
 
 def pool_options(scaling: ScalingSpec) -> PoolOptions:
@@ -55,7 +55,7 @@ def run_eval_stage(spec: EvalStageSpec, model_dir: str, out_dir: str) -> dict[st
         result = run_attribute_match(spec.eval.params, model_dir, out, pool)
     else:
         result = run_coco_fid(spec.eval.params, model_dir, out, pool)
-    write_json_atomic(out / "result.json", result)
+    write_json_atomic(out / RESULT_FILE, result)
     return result
 
 

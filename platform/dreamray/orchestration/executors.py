@@ -189,10 +189,10 @@ def base_model_artifact(stage: EvalStageSpec, out_dir: Path) -> Path:
     """
     import torch
 
-    from dreamray.model.artifact import save_dreamllm
+    from dreamray.model.artifact import CONFIG_FILE, save_dreamllm
     from dreamray.model.build import build_dreamllm
 
-    if (out_dir / "config.json").is_file():
+    if (out_dir / CONFIG_FILE).is_file():
         return out_dir
     assert stage.base_model is not None  # the spec's validator guarantees it
     torch.manual_seed(stage.seed)

@@ -14,13 +14,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from dreamray.config import RecipeSpec
-from dreamray.config.specs import BASE_SOURCE, STAGE_REF_PREFIX
+from dreamray.config.specs import BASE_SOURCE, STAGE_REF_PREFIX, is_stage_ref
+from dreamray.evals.results import RESULT_FILE
 from dreamray.orchestration.ledger import StageRecord, artifact_rel
 from dreamray.orchestration.storage import RunStorage
 
-RESULT_FILE = "result.json"
-ATTRIBUTES = ("color", "shape", "position")
+# The world VQA set's answer types (`data/world/text.py`), shown as columns in this order.
 VQA_TYPES = ("color", "shape", "position", "number")
+
+
+def _attributes() -> tuple[str, ...]:
+    # imported when a table is made: the reader pulls scipy into every driver's start otherwise
+    from dreamray.evals.attributes import READ_ATTRIBUTES
+
+    return READ_ATTRIBUTES
 
 
 @dataclass
@@ -50,7 +57,7 @@ class LearningRow:
         if task == "coco_fid" and result.get("fid") is not None:
             self.fid = float(result["fid"])
         elif task == "attribute_match":
-            for attr in ATTRIBUTES:
+            for attr in _attributes():
                 if f"{attr}_accuracy" in result:
                     self.accuracy[attr] = float(result[f"{attr}_accuracy"])
                     self.chance[attr] = float(result[f"{attr}_chance"])
@@ -89,7 +96,7 @@ def learning_rows(storage: RunStorage, recipe: RecipeSpec, ids: Mapping[str, str
     def rank(model: str) -> int:
         if model == BASE_SOURCE:
             return -1
-        ref = model[len(STAGE_REF_PREFIX):] if model.startswith(STAGE_REF_PREFIX) else None
+        ref = model[len(STAGE_REF_PREFIX):] if is_stage_ref(model) else None
         return order.index(ref) if ref in order else len(order)
 
     return sorted(rows.values(), key=lambda r: rank(r.model))
@@ -106,7 +113,8 @@ def learning_table(rows: list[LearningRow]) -> list[str]:
     """
     if not rows:
         return []
-    heads = ["model", "FID", *(f"{a} acc" for a in ATTRIBUTES), "VQA",
+    attributes = _attributes()
+    heads = ["model", "FID", *(f"{a} acc" for a in attributes), "VQA",
              *(f"VQA {t}" for t in VQA_TYPES), "unreadable"]
     lines = ["## Learning", "",
              "Generated images scored by the attribute reader (chance in brackets); VQA "
@@ -115,7 +123,7 @@ def learning_table(rows: list[LearningRow]) -> list[str]:
     for row in rows:
         cells = [row.model, _num(row.fid, "{:.2f}")]
         cells += [f"{row.accuracy[a]:.2f} ({row.chance[a]:.2f})" if a in row.accuracy else ""
-                  for a in ATTRIBUTES]
+                  for a in attributes]
         cells += [_num(row.vqa.get(k), "{:.1f}") for k in ("overall", *VQA_TYPES)]
         cells.append(", ".join(f"{k}: {v}" for k, v in sorted(row.unreadable.items())))
         lines.append("| " + " | ".join(cells) + " |")

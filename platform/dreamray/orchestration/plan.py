@@ -11,6 +11,7 @@ import importlib
 import json
 
 from dreamray.config import RecipeSpec, TrainStageSpec
+from dreamray.config.specs import BASE_SOURCE
 from dreamray.data.pipeline import MAP_ACTOR_CPUS
 from dreamray.orchestration.identity import stage_identities, stage_key
 
@@ -132,7 +133,7 @@ def _describe_eval(stage) -> list[str]:
                 f"scoring {params.variant}",
                 f"  questions: {params.questions}"]
     subject = stage.eval.model
-    if stage.base_model is not None and subject == "base":
+    if subject == BASE_SOURCE:  # the spec guarantees its base_model
         subject = (f"base (untrained plugins, seed {stage.seed}; "
                    f"LLM {stage.base_model.llm_path})")
     return [f"  {stage.eval.task} on {subject}", *what,

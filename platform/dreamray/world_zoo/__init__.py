@@ -5,12 +5,12 @@ the world, so that the tiny recipe visibly learns (see `dreamray.data.world`).
 
 - ``llm/``: the tiny Llama and a BPE tokenizer, trained on the world's captions, drawing
   instructions and question/answer turns;
-- ``clip/``: the tiny CLIP vision tower, trained with a multi-label attribute head on the mean
-  of its penultimate-layer patch features (colours, shapes, positions present), plus its
-  image processor at the world's image size;
+- ``clip/``: the tiny CLIP vision tower, trained with a multi-label attribute head on its
+  penultimate-layer patch features side by side (colours, shapes, positions present), plus
+  its image processor at the world's image size;
 - ``sd/``: the SD 2.1 layout: ``vae/`` trained to reconstruct scenes, ``unet/`` trained as a
-  text-conditional denoiser with ``text_encoder/`` (tiny CLIP text model) and ``tokenizer/``,
-  ``scheduler/`` and ``model_index.json``;
+  text-conditional denoiser (v-prediction) with ``text_encoder/`` (tiny CLIP text model) and
+  ``tokenizer/``, ``scheduler/`` and ``model_index.json``;
 - ``world_zoo_report.json``: what each tower learned, measured at build time (loss curves,
   the attribute head's held-out accuracy, the attribute reader on VAE reconstructions and on
   the UNet's own text-conditioned samples).
@@ -36,7 +36,7 @@ REPORT_FILE = "world_zoo_report.json"
 
 @dataclass(frozen=True)
 class WorldZooSettings:
-    """How much each tower trains (the defaults fit ~5 min on 2 CPU cores).
+    """How much each tower trains (the defaults: ~4 min on 2 CPU cores).
 
     Attributes:
         image_size: the world's image side = CLIP's input = the SD resolution (32 or 64).
@@ -118,10 +118,11 @@ def _train_towers(staging: Path, settings: WorldZooSettings, seed: int,
                                           settings.vision_steps, b, seed, progress)
     report["vision"] = {**vision.as_dict(), **heldout}
     sd = staging / zoo.DIFFUSION_DIR
-    vae, vae_curve = diffusion.train_vae(samples, spec, settings.vae_steps, b, seed, progress)
+    vae, vae_curve, latents = diffusion.train_vae(samples, spec, settings.vae_steps, b, seed,
+                                                  progress)
     text_encoder, tok = diffusion.text_encoder_and_tokenizer(sd / "tokenizer", samples.captions,
                                                              seed)
-    unet, unet_curve = diffusion.train_unet(vae, text_encoder, tok, samples, spec,
+    unet, unet_curve = diffusion.train_unet(latents, text_encoder, tok, samples,
                                             settings.unet_steps, b, seed, progress)
     diffusion.save_diffusion(sd, vae, text_encoder, unet)
     check = checks.check_diffusion(vae, unet, text_encoder, tok, spec, settings.check_samples,

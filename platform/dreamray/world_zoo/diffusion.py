@@ -65,12 +65,13 @@ def _background() -> torch.Tensor:
 
 
 def train_vae(samples: WorldSamples, spec: WorldSpec, steps: int, batch_size: int, seed: int,
-              progress: bool) -> tuple[Any, LossCurve]:
+              progress: bool) -> tuple[Any, LossCurve, torch.Tensor]:
     """Train the KL autoencoder to reconstruct scenes (shape pixels weighted up), and set its
     `scaling_factor` to 1 / std of the latents, as SD's was chosen.
 
     Returns:
-        (the VAE, its loss curve).
+        (the VAE, its loss curve, the samples' latents times the scaling factor: what the UNet
+        trains on).
     """
     torch.manual_seed(seed + 3)
     vae = world_vae(spec.image_size)
@@ -90,7 +91,7 @@ def train_vae(samples: WorldSamples, spec: WorldSpec, steps: int, batch_size: in
         latents = torch.cat([vae.encode(chunk).latent_dist.mode()
                              for chunk in samples.pixels.split(256)])
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
-    return vae, curve
+    return vae, curve, latents * vae.config.scaling_factor
 
 
 def text_encoder_and_tokenizer(out_dir: Path, captions: list[str], seed: int) -> tuple[Any, Any]:
@@ -123,20 +124,19 @@ def encode_text(tok: Any, text_encoder: Any, captions: list[str]) -> torch.Tenso
     return text_encoder(ids).last_hidden_state
 
 
-def train_unet(vae: Any, text_encoder: Any, tok: Any, samples: WorldSamples, spec: WorldSpec,
+def train_unet(latents: torch.Tensor, text_encoder: Any, tok: Any, samples: WorldSamples,
                steps: int, batch_size: int, seed: int, progress: bool) -> tuple[Any, LossCurve]:
     """Train the UNet (`PREDICTION_TYPE`, SD 2.x's noise schedule) and the text encoder
     together on the world's captions, with `CAPTION_DROPOUT` empty captions.
+
+    Args:
+        latents: the samples' scaled latents (from `train_vae`).
 
     Returns:
         (the UNet, its loss curve).
     """
     from diffusers import DDPMScheduler
 
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(chunk).latent_dist.mode()
-                             for chunk in samples.pixels.split(256)])
-    latents = latents * vae.config.scaling_factor
     torch.manual_seed(seed + 2)
     unet = world_unet(latents.shape[-1])
     schedule = DDPMScheduler(**zoo.sd_scheduler_kwargs(PREDICTION_TYPE))
@@ -182,8 +182,8 @@ def sample_images(vae: Any, unet: Any, conditions: torch.Tensor, unconditional: 
     both = torch.cat([unconditional, conditions])
     with torch.no_grad():
         for t in scheduler.timesteps:
-            eps_u, eps_c = unet(torch.cat([x, x]), t, both).sample.chunk(2)
-            x = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
+            pred_u, pred_c = unet(torch.cat([x, x]), t, both).sample.chunk(2)
+            x = scheduler.step(pred_u + guidance * (pred_c - pred_u), t, x).prev_sample
         return vae.decode(x / vae.config.scaling_factor).sample.clamp(-1, 1)
 
 

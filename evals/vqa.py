@@ -8,8 +8,9 @@
     python evals/vqa.py generate --format textvqa --questions Q.json --images DIR --preset textvqa \
         --model ARTIFACT_DIR --results answers.jsonl
 
-Predictions: a JSON list of {question_id|image, answer} or a JSONL results store. Prints JSON;
-exit code 2 on bad input, 3 when generation is not available.
+Predictions: a JSON list of {question_id|image, answer} or a JSONL results store. Defaults and
+choices are the recipe's (`VqaParams`): a flag named after a spec field overrides it. Prints
+JSON; exit code 2 on bad input (a missing model artifact included, reported before Ray starts).
 """
 
 from __future__ import annotations
@@ -19,8 +20,18 @@ import functools
 import json
 import sys
 
-from dreamray.evals.pool import PoolOptions, WorkerStartError, ensure_ray
-from dreamray.evals.results import ResultsStore, write_json_atomic
+from dreamray.config.specs import ScalingSpec, VqaParams
+from dreamray.evals.cli_params import (
+    Flag,
+    add_pool_options,
+    add_spec_options,
+    connect_if_pooled,
+    pool_from_args,
+    run_command,
+)
+from dreamray.evals.offline_weights import require_model_artifact
+from dreamray.evals.pool import WorkerStartError
+from dreamray.evals.results import ResultsStore
 from dreamray.evals.vqa_data import (
     FORMATS,
     VqaQuestion,
@@ -32,11 +43,20 @@ from dreamray.evals.vqa_eval import (
     evalai_results,
     generate_answers,
     lookup_generator,
-    require_text_generation,
     score_predictions,
 )
 from dreamray.evals.vqa_prompts import PRESETS, PromptPreset, answerable_check_prompt, vqa_prompt
-from dreamray.metrics.vqa import VARIANTS
+from dreamray.files import atomic_write_json
+
+# Errors that are the input's fault (data or model): exit code 2 with the message.
+BAD_INPUT = (ValueError, FileNotFoundError, WorkerStartError)
+# The eval stage's pool size under a default `scaling`: one actor per worker.
+NUM_ACTORS = ScalingSpec.model_fields["num_workers"].default
+# The patch count of the paper's CLIP (ViT-L/14 at 224 px), for prompts made without a model.
+PAPER_NUM_PATCHES = 256
+PRESET = Flag("preset", required=True, help="prompts and post-processing")
+MODEL_FLAG = "--model"
+GENERATE = (Flag("batch_size"), Flag("num_beams"), Flag("max_new_tokens"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,34 +68,43 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--format", required=True, choices=FORMATS)
         p.add_argument("--questions", required=True)
         p.add_argument("--out", help="also write the JSON output here")
-    sub.choices["score"].add_argument("--annotations", help="VQA-API annotations (vqav2, okvqa)")
-    sub.choices["score"].add_argument("--predictions", required=True)
-    sub.choices["score"].add_argument("--variant", default="official", choices=VARIANTS)
-    sub.choices["score"].add_argument("--allow-missing", action="store_true")
+    score = sub.choices["score"]
+    score.add_argument("--annotations", help="VQA-API annotations (vqav2, okvqa)")
+    score.add_argument("--predictions", required=True)
+    add_spec_options(score, VqaParams, (Flag("variant"),))
+    score.add_argument("--allow-missing", action="store_true")
     sub.choices["evalai"].add_argument("--predictions", required=True)
     for name in ("prompts", "generate"):
-        sub.choices[name].add_argument("--preset", required=True, choices=sorted(PRESETS))
+        add_spec_options(sub.choices[name], VqaParams, (PRESET,))
         sub.choices[name].add_argument(
-            "--num-patches", type=int, help="CLIP patches per image (default: the model's; 256)"
+            "--num-patches",
+            type=int,
+            help=f"CLIP patches per image (default: the model's; {PAPER_NUM_PATCHES})",
         )
     sub.choices["prompts"].add_argument("--limit", type=int, default=5)
-    gen = sub.choices["generate"]
-    source = gen.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="DreamLLM artifact directory")
-    source.add_argument("--answers-table", help="JSON {question: answer}: a model-free dry run")
-    gen.add_argument("--images", required=True, help="folder the image names are relative to")
-    gen.add_argument("--results", required=True, help="JSONL results store (resumable)")
-    gen.add_argument("--num-actors", type=int, default=1, help="0: in-process, no Ray")
-    gen.add_argument("--gpus-per-actor", type=float, default=0.0)
-    gen.add_argument("--batch-size", type=int, default=8)
-    gen.add_argument("--num-beams", type=int, default=5)
-    gen.add_argument("--max-new-tokens", type=int, default=1024)
-    gen.add_argument("--address", help="Ray cluster address (default: a new local cluster)")
+    _add_generate_options(sub.choices["generate"])
     return parser
 
 
+def _add_generate_options(gen: argparse.ArgumentParser) -> None:
+    source = gen.add_mutually_exclusive_group(required=True)
+    source.add_argument(MODEL_FLAG, help="DreamLLM artifact directory")
+    source.add_argument("--answers-table", help="JSON {question: answer}: a model-free dry run")
+    gen.add_argument("--images", required=True, help="folder the image names are relative to")
+    gen.add_argument("--results", required=True, help="JSONL results store (resumable)")
+    add_pool_options(gen, num_actors=NUM_ACTORS)
+    add_spec_options(gen, VqaParams, GENERATE)
+
+
 def run(args: argparse.Namespace) -> object:
-    """Execute one parsed command; returns what is printed."""
+    """Execute one parsed command; returns what is printed (and written to `--out`)."""
+    result = _command(args)
+    if args.out:
+        atomic_write_json(args.out, result)
+    return result
+
+
+def _command(args: argparse.Namespace) -> object:
     annotations = getattr(args, "annotations", None)
     questions = load_questions(args.format, args.questions, annotations)
     if args.command == "score":
@@ -85,7 +114,7 @@ def run(args: argparse.Namespace) -> object:
         return evalai_results(questions, load_predictions(args.predictions), args.format)
     preset = PRESETS[args.preset]
     if args.command == "prompts":
-        args.num_patches = 256 if args.num_patches is None else args.num_patches
+        args.num_patches = PAPER_NUM_PATCHES if args.num_patches is None else args.num_patches
         return [
             {
                 "id": q.question_id,
@@ -104,17 +133,16 @@ def _generate(
 ) -> list[dict[str, str]]:
     """The `generate` command: answers on a pool, resumable through `--results`."""
     if args.model:
-        require_text_generation()  # in the driver, before actors start
+        require_model_artifact(args.model, MODEL_FLAG)  # before Ray or any actor starts
         factory = functools.partial(
             dreamllm_generator, args.model, args.num_beams, args.max_new_tokens
         )
     else:
         with open(args.answers_table) as f:
             factory = lookup_generator(json.load(f))
-        args.num_patches = 256 if args.num_patches is None else args.num_patches
-    pool = PoolOptions(num_actors=args.num_actors, num_gpus=args.gpus_per_actor)
-    if pool.num_actors > 0:
-        ensure_ray(args.address)
+        args.num_patches = PAPER_NUM_PATCHES if args.num_patches is None else args.num_patches
+    pool = pool_from_args(args)
+    connect_if_pooled(pool, args.address)
     answers = generate_answers(
         questions,
         factory,
@@ -131,18 +159,7 @@ def _generate(
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     args = build_parser().parse_args(argv)
-    try:
-        result = run(args)
-    except (ValueError, FileNotFoundError, WorkerStartError) as err:  # data or model errors
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except NotImplementedError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
-    if args.out:
-        write_json_atomic(args.out, result)
-    print(json.dumps(result, indent=2))
-    return 0
+    return run_command(lambda: run(args), BAD_INPUT)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
+from dreamray.contracts import TRAIN_KIND
+from dreamray.files import publish_dir, staging_dir
 from dreamray.orchestration.context import StageContext, StageOutcome
-from dreamray.orchestration.manifest import build_manifest, publish_dir, staging_dir, write_manifest
+from dreamray.orchestration.manifest import ManifestRecord, build_manifest, write_manifest
 
 WIDTH, CLIP_DIM, COND_DIM = 8, 4, 6
 
@@ -113,7 +115,7 @@ class ToyTrainer:
         seed = int(ctx.spec_hash[:8], 16) ^ sum(int(d[:8], 16) for d in ctx.input_digests.values())
         tmp = staging_dir(ctx.artifact_dir)
         write_plugin_artifact(tmp, seed, queries=stage.model.num_dream_queries)
-        write_manifest(tmp, build_manifest(
-            tmp, stage=ctx.name, kind="train", spec_hash=ctx.spec_hash, identity=ctx.identity,
-            inputs=dict(ctx.input_digests), steps=step, samples=0, metrics={}))
+        write_manifest(tmp, build_manifest(tmp, ManifestRecord(
+            stage=ctx.name, kind=TRAIN_KIND, spec_hash=ctx.spec_hash, identity=ctx.identity,
+            inputs=ctx.input_digests, steps=step)))
         publish_dir(tmp, ctx.artifact_dir)

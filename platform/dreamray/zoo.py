@@ -23,19 +23,19 @@ import argparse
 import json
 import os
 import random
-import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dreamray.files import atomic_write_json, publish_dir
+from dreamray.model.layouts import clip_processor, model_index, sd_scheduler_kwargs
+
 ZOO_VERSION = 1
 STAMP_FILE = "zoo_stamp.json"
 LLM_DIR, VISION_DIR, DIFFUSION_DIR = "llm", "clip", "sd"
 
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 TINY_VOCAB_SIZE = 1000
 TINY_CORPUS_SEED = 1234
 
@@ -49,37 +49,8 @@ class ZooPaths:
     diffusion: Path
 
 
-def diffusion_resolution(diffusion_dir: str | Path) -> int:
-    """The pixel resolution R of an SD dir: UNet latent size x the VAE's downsampling factor.
-
-    The VAE's own ``sample_size`` is not used: SD 2.1-base ships 768 there although it is a
-    512 px model; the UNet's latent size is the reliable number.
-
-    Args:
-        diffusion_dir: a diffusers SD directory with ``unet/`` and ``vae/`` configs.
-
-    Returns:
-        The image side in pixels (512 for SD 2.1-base).
-    """
-    root = Path(diffusion_dir)
-    unet = json.loads((root / "unet" / "config.json").read_text())
-    vae = json.loads((root / "vae" / "config.json").read_text())
-    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-
-
 def _paths(out: Path) -> ZooPaths:
     return ZooPaths(llm=out / LLM_DIR, vision=out / VISION_DIR, diffusion=out / DIFFUSION_DIR)
-
-
-def write_json(path: Path, obj: dict[str, Any]) -> None:
-    """Write JSON with sorted keys and a trailing newline.
-
-    Args:
-        path: file to write.
-        obj: a JSON-serialisable dict.
-    """
-    # sort_keys: byte-identical files regardless of dict construction order
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _tiny_corpus(num_lines: int = 3000) -> list[str]:
@@ -195,52 +166,6 @@ def _build_vision(out_dir: Path, seed: int) -> None:
     clip_processor(CLIPImageProcessor, 32).save_pretrained(out_dir)
 
 
-def clip_processor(cls: Any, side: int) -> Any:
-    """An OpenAI-CLIP image processor: shortest side `side` (bicubic), center crop, CLIP mean/std.
-
-    Args:
-        cls: the processor class (``CLIPImageProcessor``), passed in to keep imports lazy.
-        side: the square input size of the vision tower.
-
-    Returns:
-        The processor instance.
-    """
-    return cls(
-        do_resize=True,
-        size={"shortest_edge": side},
-        resample=3,  # bicubic, as OpenAI CLIP
-        do_center_crop=True,
-        crop_size={"height": side, "width": side},
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=CLIP_MEAN,
-        image_std=CLIP_STD,
-        do_convert_rgb=True,
-    )
-
-
-def sd_scheduler_kwargs(prediction_type: str = "epsilon") -> dict[str, Any]:
-    """SD 2.x's training noise schedule, as DDPMScheduler keyword arguments.
-
-    Args:
-        prediction_type: what the UNet predicts: ``epsilon`` (SD 2.1-base) or
-            ``v_prediction`` (SD 2.1 at 768 px).
-
-    Returns:
-        The keyword arguments.
-    """
-    return {
-        "num_train_timesteps": 1000,
-        "beta_start": 0.00085,
-        "beta_end": 0.012,
-        "beta_schedule": "scaled_linear",
-        "prediction_type": prediction_type,
-        "clip_sample": False,
-        "steps_offset": 1,
-    }
-
-
 # The tiny UNet's condition width: what the condition projector (and a text encoder) emit.
 TINY_CROSS_ATTENTION_DIM = 32
 
@@ -298,7 +223,7 @@ def write_scheduler_and_index(out_dir: Path, text_encoder: bool = False,
     if text_encoder:
         index.update(text_encoder=["transformers", "CLIPTextModel"],
                      tokenizer=["transformers", "PreTrainedTokenizerFast"])
-    write_json(out_dir / "model_index.json", index)
+    atomic_write_json(out_dir / "model_index.json", index)
 
 
 def _build_diffusion(out_dir: Path, seed: int) -> None:
@@ -309,25 +234,6 @@ def _build_diffusion(out_dir: Path, seed: int) -> None:
     torch.manual_seed(seed + 3)
     tiny_vae().save_pretrained(out_dir / "vae")  # 16 px = unet 8 latents x 2
     write_scheduler_and_index(out_dir)
-
-
-def model_index(version: str, scheduler_class: str) -> dict[str, Any]:
-    """A diffusers ``model_index.json`` naming only what DreamLLM uses (unet, vae, scheduler).
-
-    Args:
-        version: the diffusers version string to record.
-        scheduler_class: the scheduler class name of the ``scheduler/`` folder.
-
-    Returns:
-        The index as a dict.
-    """
-    return {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": version,
-        "scheduler": ["diffusers", scheduler_class],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
 
 
 def _read_stamp(out: Path) -> dict[str, Any] | None:
@@ -346,11 +252,8 @@ def install_zoo(staging: Path, out: Path, names: tuple[str, ...], stamp: dict[st
         stamp: what the zoo is (kind, seed, version, settings).
     """
     for name in names:
-        target = out / name
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging / name, target)
-    write_json(out / STAMP_FILE, stamp)
+        publish_dir(staging / name, out / name)
+    atomic_write_json(out / STAMP_FILE, stamp)
 
 
 def check_reusable(out: Path, names: tuple[str, ...], stamp: dict[str, Any]) -> bool:

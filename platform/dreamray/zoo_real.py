@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dreamray.zoo import clip_processor, model_index, sd_scheduler_kwargs, write_json
+from dreamray.files import atomic_write_json as write_json
+from dreamray.model.layouts import clip_processor, model_index, sd_scheduler_kwargs
 
 # the diffusers version string the released SD 2.1-base configs were written with
 SD21_DIFFUSERS_VERSION = "0.10.0.dev0"
@@ -72,8 +73,9 @@ def write_diffusion(out_dir: Path) -> None:
     """Write SD 2.1-base's ``unet/``, ``vae/``, ``scheduler/`` configs and ``model_index.json``.
 
     The VAE's ``sample_size`` is 768 in the released file (a quirk kept as is); the model's
-    resolution is 512 = UNet sample_size 64 x 8 (see `dreamray.zoo.diffusion_resolution`). The
-    scheduler file is the released PNDM one; DreamLLM reads it with ``DDPMScheduler``.
+    resolution is 512 = UNet sample_size 64 x 8 (see
+    `dreamray.model.layouts.diffusion_resolution`). The scheduler file is the released PNDM one;
+    DreamLLM reads it with ``DDPMScheduler``.
 
     Args:
         out_dir: directory to create.

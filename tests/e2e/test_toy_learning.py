@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from dreamray.config import load_recipe
+from dreamray.contracts import PLUGIN_FILES
 from dreamray.evals.pool import PoolOptions
 from dreamray.evals.stage import run_attribute_match
-from dreamray.model.artifact import PLUGIN_FILES
 from dreamray.orchestration.executors import base_model_artifact, default_executors
 from dreamray.orchestration.ray_backend import RayBackend
 from dreamray.orchestration.runner import DagRunner

@@ -54,7 +54,7 @@ def test_pool_larger_than_the_cluster_still_finishes(ray_cluster, tmp_path):
     options = PoolOptions(num_actors=3, num_cpus=3)
     items = [[{"id": str(i), "question": "q", "image": "x.jpg"}] for i in range(5)]
     with ActorPool(VqaWorker, options, factory, PRESETS["okvqa"], 1, str(tmp_path), 1) as pool:
-        results = dict(pool.map_unordered("answer", items))
+        results = dict(pool.map_unordered(VqaWorker.answer, items))
     assert sorted(results) == list(range(5)) and results[4][0]["answer"] == "a"
 
 
@@ -70,4 +70,4 @@ def test_a_worker_that_cannot_start_is_a_clear_error(ray_cluster, tmp_path):
     options = PoolOptions(num_actors=1, num_cpus=0.5)
     with ActorPool(VqaWorker, options, factory, PRESETS["okvqa"], 1, str(tmp_path), 1) as pool:
         with pytest.raises(WorkerStartError, match="VqaWorker actor failed to start"):
-            pool.call_ready("answer", [])
+            pool.call_ready(VqaWorker.answer, [])

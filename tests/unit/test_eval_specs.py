@@ -59,12 +59,20 @@ def test_vqa_test_split_has_no_annotations_and_specs_are_frozen():
 
 
 def test_spec_choices_match_the_implementations():
-    from dreamray.evals.features import PROTOCOLS
+    from dreamray.evals.features import PROTOCOLS, get_protocol
     from dreamray.evals.vqa_data import FORMATS
     from dreamray.evals.vqa_prompts import PRESETS
     from dreamray.metrics.vqa import VARIANTS
 
     assert specs.FID_PROTOCOLS == PROTOCOLS and specs.VQA_VARIANTS == VARIANTS
+    assert [get_protocol(name).name for name in specs.FID_PROTOCOLS] == list(PROTOCOLS)
+    # The tuples are the fields' Literal choices: one list, validated by the specs.
+    assert specs.CocoFidParams.model_fields["protocol"].annotation is specs.FidProtocol
+    assert specs.VqaParams.model_fields["variant"].annotation is specs.VqaVariant
+    with pytest.raises(ValidationError, match="legacy_tensorflow"):
+        specs.CocoFidParams(captions="c", ref_stats="r", protocol="legacy_tensorflow")
+    with pytest.raises(ValidationError):
+        specs.VqaParams(benchmark="vqav2", questions="q", images="i", variant="nope")
     assert set(specs.VQA_PRESETS) == set(PRESETS) and set(specs.VQA_BENCHMARKS) <= set(FORMATS)
 
 

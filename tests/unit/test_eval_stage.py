@@ -1,4 +1,4 @@
-"""The eval stage hook: typed spec in, manifest / results out; missing model APIs fail fast."""
+"""The eval stage hook: typed spec in, manifest / results out; missing inputs fail fast."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ import pytest
 from stage_toys import write_plugin_artifact
 
 from dreamray.config import load_recipe
+from dreamray.contracts import TRAIN_KIND
 from dreamray.orchestration.identity import stage_identities, stage_key
 from dreamray.orchestration.ledger import (
     LEDGER_VERSION,
@@ -18,7 +19,12 @@ from dreamray.orchestration.ledger import (
     artifact_rel,
     train_rel,
 )
-from dreamray.orchestration.manifest import build_manifest, verify_artifact, write_manifest
+from dreamray.orchestration.manifest import (
+    ManifestRecord,
+    build_manifest,
+    verify_artifact,
+    write_manifest,
+)
 from dreamray.orchestration.storage import RunStorage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,7 +65,8 @@ def _done_stage(storage: RunStorage, name: str, identity: str) -> StageRecord:
     rel = artifact_rel(name, identity)
     directory = storage.local_path(rel)
     write_plugin_artifact(directory, seed=1)
-    write_manifest(directory, build_manifest(directory, stage=name))
+    manifest = build_manifest(directory, ManifestRecord(stage=name, kind=TRAIN_KIND))
+    write_manifest(directory, manifest)
     digest, problems = verify_artifact(storage, rel)
     assert problems == []
     record = StageRecord(stage=name, kind="train", identity=identity, status="done",

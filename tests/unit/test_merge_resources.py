@@ -10,8 +10,10 @@ import torch
 from stage_toys import write_plugin_artifact
 
 from dreamray.config import MergeStageSpec
+from dreamray.contracts import TRAIN_KIND
 from dreamray.orchestration.context import StageContext
 from dreamray.orchestration.manifest import (
+    ManifestRecord,
     build_manifest,
     hash_files,
     manifest_files,
@@ -30,7 +32,8 @@ MERGE = MergeStageSpec(needs=["comp", "crea"], merge={
 def _source(root: Path, name: str, seed: int) -> Path:
     directory = root / name
     write_plugin_artifact(directory, seed)
-    write_manifest(directory, build_manifest(directory, stage=name))
+    record = ManifestRecord(stage=name, kind=TRAIN_KIND)
+    write_manifest(directory, build_manifest(directory, record))
     return directory
 
 
@@ -72,12 +75,12 @@ def test_merge_checks_keys_and_widths(tmp_path):
     head = torch.load(crea / "stable_diffusion_head.bin", weights_only=True)
     del head["unet.conv_in.weight"]
     torch.save(head, crea / "stable_diffusion_head.bin")
-    write_manifest(crea, build_manifest(crea, stage="crea"))
+    write_manifest(crea, build_manifest(crea, ManifestRecord(stage="crea", kind=TRAIN_KIND)))
     with pytest.raises(MergeError, match="no key starting with 'unet.'"):
         run_merge_stage(MERGE, _ctx(tmp_path, comp, crea))
     head["unet.conv_in.weight"] = torch.zeros(1)
     torch.save(head, crea / "stable_diffusion_head.bin")
-    write_manifest(crea, build_manifest(crea, stage="crea"))
+    write_manifest(crea, build_manifest(crea, ManifestRecord(stage="crea", kind=TRAIN_KIND)))
     with pytest.raises(MergeError, match="projector outputs 8, the dream queries are 5 wide"):
         run_merge_stage(MERGE, _ctx(tmp_path, comp, crea))
 

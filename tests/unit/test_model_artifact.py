@@ -11,9 +11,7 @@ from safetensors.torch import load_file
 
 from dreamray.model.artifact import (
     ArtifactError,
-    load_dreamllm,
     load_plugins_into,
-    save_dreamllm,
     to_file_keys,
 )
 from dreamray.model.dreamllm import DreamLLM
@@ -105,8 +103,8 @@ def test_released_single_file_layout_loads(saved, tiny_zoo, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     model.tokenizer.save_pretrained(tmp_path)
     with pytest.raises(ArtifactError, match="released checkpoint"):
-        load_dreamllm(tmp_path)
-    loaded = load_dreamllm(tmp_path, spec=tiny_spec(tiny_zoo))
+        DreamLLM.from_pretrained(tmp_path)
+    loaded = DreamLLM.from_pretrained(tmp_path, spec=tiny_spec(tiny_zoo))
     _assert_same_tensors(model.state_dict(), loaded.state_dict())
 
 
@@ -118,7 +116,7 @@ def test_load_errors_name_the_file_and_key(saved, tmp_path):
     shutil.copytree(out, broken)
     (broken / "dream_embedding.bin").unlink()
     with pytest.raises(ArtifactError, match="dream_embedding.bin"):
-        load_dreamllm(broken)
+        DreamLLM.from_pretrained(broken)
     torch.save({"dream_queries": torch.zeros(1, 5, 64)}, broken / "dream_embedding.bin")
     with pytest.raises(
         ArtifactError, match=r"dream_queries: file \(1, 5, 64\) vs model \(1, 8, 64\)"
@@ -142,5 +140,5 @@ def test_save_replaces_an_existing_dir(saved, tmp_path):
     target = tmp_path / "art"
     target.mkdir()
     (target / "stale.txt").write_text("old")
-    save_dreamllm(model, target)
+    model.save_pretrained(target)
     assert not (target / "stale.txt").exists() and (target / "model.safetensors").is_file()

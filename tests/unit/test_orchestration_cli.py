@@ -48,6 +48,6 @@ def test_dry_run_shows_identity_ledger_state_and_deepspeed(capsys, tmp_path):
 
 
 def test_merge_file_names_match_the_model_artifact_layout():
-    from dreamray.model.artifact import PLUGIN_FILES
+    from dreamray.contracts import PLUGIN_FILES
 
     assert merge.PLUGIN_FILES == PLUGIN_FILES

@@ -29,6 +29,8 @@ def test_dry_run_prints_batch_triple_and_resources():
     assert "global 2048 = micro 16 x accum 1 x workers 128; 29,296 steps" in text
     assert ("128 workers x {CPU: 8, GPU: 1} + 256 x {CPU: 1} for its data map actors "
             "(2 per worker)") in text
+    # one model plan per train stage; without model dirs it says why it has no numbers
+    assert text.count("params / memory plan: not available (OSError") == 4
 
 
 def test_dry_run_prints_the_eval_protocols_of_the_reference_recipe():

@@ -18,6 +18,7 @@ from dreamray.orchestration.preflight import (
     input_digests,
     resolve_init,
 )
+from dreamray.train import faults
 from dreamray.train.faults import maybe_kill, parse_fault_env
 from dreamray.train.feed import SkipConsumed
 from dreamray.train.state import (
@@ -60,15 +61,23 @@ def test_fault_env_parsing():
         parse_fault_env("five")
 
 
-def test_fault_fires_only_where_asked(tmp_path):
+def test_fault_fires_only_where_asked(tmp_path, monkeypatch):
+    exits = []
+    monkeypatch.setattr(faults.os, "_exit", exits.append)  # record instead of dying
     run = SimpleNamespace(fault_kill_at_step=3, fault_kill_rank=-1, run_dir=str(tmp_path))
     last, first = SimpleNamespace(rank=1, world_size=2), SimpleNamespace(rank=0, world_size=2)
     maybe_kill(run, last, 2)  # other step
     maybe_kill(run, first, 3)  # other rank
-    (tmp_path / "fault_fired_step3").touch()
+    assert exits == [] and not faults.marker_path(tmp_path, 3).exists()
+    maybe_kill(run, last, 3)  # the asked step on the last rank (rank -1)
+    assert exits == [faults.KILL_EXIT_CODE] and faults.marker_path(tmp_path, 3).exists()
     maybe_kill(run, last, 3)  # already fired on an earlier attempt: no exit
     off = SimpleNamespace(fault_kill_at_step=None, fault_kill_rank=-1, run_dir=str(tmp_path))
     maybe_kill(off, last, 3)
+    on_first = SimpleNamespace(fault_kill_at_step=4, fault_kill_rank=0, run_dir=str(tmp_path))
+    maybe_kill(on_first, last, 4)  # rank 0 asked: the last rank stays
+    maybe_kill(on_first, first, 4)
+    assert exits == [faults.KILL_EXIT_CODE] * 2
 
 
 def test_skip_consumed_drops_exactly_the_consumed_positions():

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from dreamray.model.layouts import diffusion_resolution
 from dreamray.world_zoo import REPORT_FILE, WorldZooSettings, build_world_zoo
-from dreamray.zoo import diffusion_resolution
 
 FEW = WorldZooSettings(num_scenes=40, llm_steps=3, vision_steps=3, vae_steps=2, unet_steps=3,
                        batch_size=4, check_samples=3)

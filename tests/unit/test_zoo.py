@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from dreamray.model.layouts import diffusion_resolution
 from dreamray.model.tokens import ADDITIONAL_SPECIAL_TOKENS, PAD
-from dreamray.zoo import build_real_configs, build_tiny_zoo, diffusion_resolution
+from dreamray.zoo import build_real_configs, build_tiny_zoo
 
 
 def _hashes(root: Path) -> dict[str, str]:

@@ -14,10 +14,18 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from dreamray.config.specs import BASE_SOURCE, RecipeSpec, find_cycle, is_stage_ref
+from dreamray.config.specs import MergeStageSpec, RecipeSpec, TrainStageSpec, find_cycle
+from dreamray.contracts import (
+    BASE_SOURCE,
+    EVAL_KIND,
+    MERGE_KIND,
+    TRAIN_KIND,
+    is_stage_ref,
+    stage_kind,
+)
 
 STAGE_DEFAULTS_KEY = "stage_defaults"
-STAGE_KINDS = ("train", "merge", "eval")
+STAGE_KINDS = (TRAIN_KIND, MERGE_KIND, EVAL_KIND)
 
 
 class RecipeError(ValueError):
@@ -153,11 +161,11 @@ def merge_stage_defaults(raw: dict[str, Any]) -> dict[str, Any]:
 def _with_defaults(stage: Any, defaults: dict[str, Any]) -> Any:
     if not isinstance(stage, dict):
         return stage
-    kind = stage.get("kind", "train")
-    if kind == "train":
+    kind = stage_kind(stage)
+    if kind == TRAIN_KIND:
         return deep_merge(defaults, stage)
     evaluated = stage.get("eval")
-    if kind == "eval" and isinstance(evaluated, dict) and evaluated.get("model") == BASE_SOURCE:
+    if kind == EVAL_KIND and isinstance(evaluated, dict) and evaluated.get("model") == BASE_SOURCE:
         renamed = {"model": "base_model", "seed": "seed"}
         base = {renamed[k]: v for k, v in defaults.items() if k in renamed}
         return deep_merge(base, stage)
@@ -203,7 +211,7 @@ def local_paths(recipe: RecipeSpec) -> Iterator[tuple[str, str]]:
     """Yield (key path, filesystem path) for every local path a recipe names."""
     for name, stage in recipe.stages.items():
         key = f"stages.{name}"
-        if stage.kind == "train":
+        if isinstance(stage, TrainStageSpec):
             for field in MODEL_PATH_FIELDS:
                 yield f"{key}.model.{field}", getattr(stage.model, field)
             for i, src in enumerate(stage.data.sources):
@@ -212,7 +220,7 @@ def local_paths(recipe: RecipeSpec) -> Iterator[tuple[str, str]]:
                 value = getattr(stage.init, field)
                 if value != BASE_SOURCE and not is_stage_ref(value):
                     yield f"{key}.init.{field}", value
-        elif stage.kind == "merge":
+        elif isinstance(stage, MergeStageSpec):
             for field, value in stage.merge.model_dump().items():
                 if not is_stage_ref(value):
                     yield f"{key}.merge.{field}", value

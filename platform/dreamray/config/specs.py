@@ -6,14 +6,19 @@ a typo'd key is an error rather than a silently ignored setting.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from dreamray.model.groups import GROUP_NAMES
-
-STAGE_REF_PREFIX = "stage:"
-BASE_SOURCE = "base"
+from dreamray.contracts import (
+    BASE_SOURCE,
+    EVAL_KIND,
+    GROUP_NAMES,
+    MERGE_KIND,
+    TRAIN_KIND,
+    referenced_stages,
+    stage_kind,
+)
 
 
 class Spec(BaseModel):
@@ -59,7 +64,7 @@ class InitSpec(Spec):
 
     def stage_refs(self) -> list[str]:
         """Names of the stages this init reads from."""
-        return [s[len(STAGE_REF_PREFIX) :] for s in (self.llm, self.plugins) if is_stage_ref(s)]
+        return referenced_stages((self.llm, self.plugins))
 
 
 class DataSourceSpec(Spec):
@@ -165,6 +170,17 @@ class ScalingSpec(Spec):
     cpus_per_worker: float = Field(1.0, gt=0.0)
     gpus_per_worker: float = Field(1.0, ge=0.0)
 
+    def worker_resources(self) -> dict[str, float]:
+        """What each worker of the gang holds: the Ray Train worker's resources, and the
+        bundle the runner packs when it decides what runs at once."""
+        gpus = {"GPU": self.gpus_per_worker} if self.use_gpu and self.gpus_per_worker > 0 else {}
+        return {"CPU": self.cpus_per_worker, **gpus}
+
+    @property
+    def dist_backend(self) -> str:
+        """The torch.distributed backend of the gang: NCCL on GPUs, gloo on CPUs."""
+        return "nccl" if self.use_gpu else "gloo"
+
 
 class CheckpointSpec(Spec):
     """How often a stage checkpoints, how many it keeps and how often it may be restarted."""
@@ -182,7 +198,7 @@ class CheckpointSpec(Spec):
 class TrainStageSpec(Spec):
     """One Ray Train + DeepSpeed stage: everything its workers need, and nothing else."""
 
-    kind: Literal["train"] = "train"
+    kind: Literal[TRAIN_KIND] = TRAIN_KIND
     needs: list[str] = Field(default_factory=list)
     model: ModelSpec
     init: InitSpec = InitSpec()
@@ -248,14 +264,15 @@ class MergeSpec(Spec):
 
     def stage_refs(self) -> list[str]:
         """Names of the stages the merge reads from, in file order."""
-        refs = (self.clip_vision_embedding, self.dream_embedding, self.stable_diffusion_head)
-        return [s[len(STAGE_REF_PREFIX) :] for s in refs if is_stage_ref(s)]
+        return referenced_stages(
+            (self.clip_vision_embedding, self.dream_embedding, self.stable_diffusion_head)
+        )
 
 
 class MergeStageSpec(Spec):
     """A file-pick stage: no training, no workers."""
 
-    kind: Literal["merge"] = "merge"
+    kind: Literal[MERGE_KIND] = MERGE_KIND
     needs: list[str] = Field(default_factory=list)
     merge: MergeSpec
 
@@ -264,10 +281,12 @@ class MergeStageSpec(Spec):
         return self.merge.stage_refs()
 
 
-FID_PROTOCOLS = ("clean", "legacy_pytorch", "dreamllm")
+FidProtocol = Literal["clean", "legacy_pytorch", "dreamllm"]
+FID_PROTOCOLS = get_args(FidProtocol)
 VQA_BENCHMARKS = ("vqav2", "okvqa", "textvqa", "vizwiz")
 VQA_PRESETS = ("vqav2", "okvqa", "textvqa", "vizwiz_val", "vizwiz_test")
-VQA_VARIANTS = ("official", "official_2021", "lmms", "dreamllm", "dreamllm_substring")
+VqaVariant = Literal["official", "official_2021", "lmms", "dreamllm", "dreamllm_substring"]
+VQA_VARIANTS = get_args(VqaVariant)
 PAPER_SEEDS = (42, 43, 44, 45, 46, 47, 48, 49)
 
 
@@ -277,7 +296,7 @@ class CocoFidParams(Spec):
     captions: str = Field(description="COCO captions json, e.g. captions_val2014.json")
     ref_stats: str | None = Field(None, description="reference .npz (mu, sigma)")
     ref_images: str | None = Field(None, description="reference image folder (instead)")
-    protocol: Literal["clean", "legacy_pytorch", "dreamllm"] = "dreamllm"
+    protocol: FidProtocol = "dreamllm"
     feature_extractor: str = Field("inception", pattern=r"^(inception|tiny:\d+)$")
     inception_weights: str | None = Field(None, description="local Inception file")
     num_samples: int = Field(30000, ge=2)
@@ -323,9 +342,7 @@ class VqaParams(Spec):
     preset: Literal["vqav2", "okvqa", "textvqa", "vizwiz_val", "vizwiz_test"] | None = Field(
         None, description="prompt preset; null: the benchmark's (vizwiz: by split)"
     )
-    variant: Literal["official", "official_2021", "lmms", "dreamllm", "dreamllm_substring"] = (
-        "official"
-    )
+    variant: VqaVariant = "official"
     num_beams: int = Field(5, ge=1)
     max_new_tokens: int = Field(1024, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -415,7 +432,7 @@ class EvalStageSpec(Spec):
     projectors drawn under `seed`, so a report can show what training changed.
     """
 
-    kind: Literal["eval"] = "eval"
+    kind: Literal[EVAL_KIND] = EVAL_KIND
     needs: list[str] = Field(default_factory=list)
     eval: EvalSpec
     scaling: ScalingSpec = ScalingSpec()
@@ -433,20 +450,21 @@ class EvalStageSpec(Spec):
 
     def input_stages(self) -> list[str]:
         """Stages whose artifacts this stage reads."""
-        return [self.eval.model[len(STAGE_REF_PREFIX) :]] if is_stage_ref(self.eval.model) else []
+        return referenced_stages((self.eval.model,))
 
 
 def _stage_kind(value: Any) -> str | None:
-    # A stage without `kind` is a train stage: most of a recipe's stages are.
     if isinstance(value, dict):
-        return value.get("kind", "train")
+        return stage_kind(value)
     return getattr(value, "kind", None)
 
 
+AnyStageSpec = TrainStageSpec | MergeStageSpec | EvalStageSpec
+
 StageSpec = Annotated[
-    Annotated[TrainStageSpec, Tag("train")]
-    | Annotated[MergeStageSpec, Tag("merge")]
-    | Annotated[EvalStageSpec, Tag("eval")],
+    Annotated[TrainStageSpec, Tag(TRAIN_KIND)]
+    | Annotated[MergeStageSpec, Tag(MERGE_KIND)]
+    | Annotated[EvalStageSpec, Tag(EVAL_KIND)],
     Discriminator(_stage_kind),
 ]
 
@@ -490,11 +508,6 @@ class RecipeSpec(Spec):
                     order.append(name)
                     placed.add(name)
         return order
-
-
-def is_stage_ref(source: str) -> bool:
-    """Whether a source string points at another stage's artifact (`stage:<name>`)."""
-    return source.startswith(STAGE_REF_PREFIX)
 
 
 def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:

@@ -1,10 +1,10 @@
 """Worker side of the training data: a shard of records -> micro-batches + accounting.
 
-Runs inside `train_loop_per_worker`::
+Runs in every train worker, driven by `dreamray.train.feed.DataFeed`::
 
     spec = make_collate_spec(stage, tokenizer_dir)
     progress = DataProgress(fingerprint, resume=load_data_state(ckpt) or None, rank=rank)
-    shard = ray.train.get_dataset_shard("train")
+    shard = session.dataset_shard()   # this rank's own dataset `train_<rank>`, from Ray Train
     num_batches = (stage.total_steps - steps_done) * stage.grad_accumulation_steps
     for batch, info in iter_train_batches(shard, spec, micro_batch_size, num_batches, progress):
         ...
@@ -39,7 +39,7 @@ def make_collate_spec(stage: TrainStageSpec, tokenizer_dir: str) -> CollateSpec:
 
     Args:
         stage: the train stage spec.
-        tokenizer_dir: the tokenizer dir passed to `build_stage_dataset`.
+        tokenizer_dir: the stage's tokenizer dir (the one its datasets were built with).
 
     Returns:
         Pad id, image shapes and the CLIP processor's rescale / normalisation.
@@ -87,8 +87,8 @@ def table_records(table: pa.Table) -> Iterator[dict[str, Any]]:
 
 def _records(shard: Any, prefetch_blocks: int) -> Iterator[dict[str, Any]]:
     # whole blocks (one map chunk each), cut into micro-batches here: Ray Data's per-batch
-    # slicing and formatting at batch_size=micro cost 1-1.5 ms of the consumer's CPU per sample,
-    # whole blocks ~0.4 (benchmarks/data_throughput.py's consumer, measured here)
+    # slicing and formatting at batch_size=micro cost the consumer several times the CPU per
+    # sample (benchmarks/data_throughput.py's consumer)
     for table in shard.iter_batches(
         batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_blocks
     ):

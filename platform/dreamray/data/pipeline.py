@@ -1,20 +1,21 @@
 """The stage's training data on Ray Data: weighted sources -> built, collate-ready records.
 
-Driver side::
+Driver side: `dreamray.orchestration.train_data` builds one dataset per rank from this
+module's `StagePlan` and `map_chunks` (rank r reads its own chunks: nothing is split across
+ranks); the launcher hands them to Ray Train as `train_<rank>`, and
+`dreamray.orchestration.rank_ingest` runs each one outside the training process.
+`build_stage_dataset` is the whole stream as one dataset.
 
-    ds = build_stage_dataset(stage, tokenizer_dir, resume=load_data_state(ckpt_dir))
-    TorchTrainer(..., datasets={"train": ds})   # Ray Train streaming_splits it to the workers
-
-Worker side (`dreamray.data.batches`)::
+Worker side (`dreamray.train.feed.DataFeed`, with `dreamray.data.batches`)::
 
     spec = make_collate_spec(stage, tokenizer_dir)
     progress = DataProgress(stage_fingerprint(stage.data), resume=<merged state or None>, rank)
-    shard = ray.train.get_dataset_shard("train")
+    shard = session.dataset_shard()   # this rank's `train_<rank>`, from Ray Train
     for batch, info in iter_train_batches(shard, spec, micro_batch_size, num_batches, progress):
         ...  # batch: the batch contract; info: dreamray.data.progress.BatchInfo
     # at a checkpoint: save_data_state(rank_dir, rank, progress.state)
 
-The dataset is a *plan*: `ray.data.range(n_chunks)` where chunk c stands for `chunk_size`
+The dataset is a *plan*: a dataset of chunk numbers, where chunk c stands for `chunk_size`
 consecutive stream positions; `map_batches` turns a chunk into records: which source and row
 each position draws (`dreamray.data.mixing`), reading only those row groups and only the needed
 columns with pyarrow, building the sequence, then decoding and transforming only the images
@@ -58,17 +59,17 @@ from dreamray.data.sequence import (
     load_stage_tokenizer,
 )
 
-# Positions per map call: ~2 s of decoding at 512 px. 16 / 32 / 64 positions kept 1.41 / 1.63 /
-# 1.77 of 2 task-pool tasks busy; 128 cost more CPU per sample (37.6 vs 28.9 ms: bigger blocks
-# through the object store) and was slower overall.
+# Positions per map call: smaller chunks leave the map CPUs idle for longer between calls,
+# larger ones cost more CPU per sample (bigger blocks through the object store) and were slower
+# overall (benchmarks/data_throughput.py).
 DEFAULT_CHUNK_SIZE = 64
 _MAX_PLAN_BLOCKS = 4096
 # CPUs of one map actor (Ray Data's default, spelled out because the DAG runner must keep this
 # much free per actor beside a stage's gang: `dreamray.orchestration.resources.data_bundles`)
 MAP_ACTOR_CPUS = 1.0
 # Chunks queued on each map actor besides the one it builds: it starts the next as soon as it
-# finishes. A task pool cannot queue: Ray Data's executor notices a finished task on its next
-# 0.1 s poll, and each task's CPU sat idle meanwhile (1.75 of 2 CPUs busy, measured here).
+# finishes. A task pool cannot queue: Ray Data's executor notices a finished task only on its
+# next poll, and the task's CPU sits idle until then.
 CHUNKS_QUEUED_PER_ACTOR = 2
 _ROW_GROUP_CACHE = 4  # row groups kept per process: consecutive chunks reuse the same groups
 
@@ -99,7 +100,7 @@ def plan_length(stage: TrainStageSpec, chunk_size: int = DEFAULT_CHUNK_SIZE) -> 
 
     The surplus covers the skips the spec allows, and the records that are in flight when the
     workers stop: each worker may hold a block (one chunk) plus prefetched batches that it never
-    consumes, and `streaming_split(equal=True)` drops the odd rows at the very end.
+    consumes.
 
     Args:
         stage: the train stage spec (data and number of workers).
@@ -311,7 +312,7 @@ def build_stage_dataset(
         resume: the merged data state of the checkpoint being resumed (`load_data_state`);
             its consumed positions are left out. None: start from position 0.
         chunk_size: positions per map call.
-        map_workers: map actors (None: the stage's `map_actors`). Each new actor pays ~5 s
+        map_workers: map actors (None: the stage's `map_actors`). Each new actor pays for
             importing torch and transformers once.
 
     Returns:
@@ -334,20 +335,3 @@ def build_stage_dataset(
     ds = ray.data.range(plan.num_chunks, override_num_blocks=blocks)
     return map_chunks(ds, plan, stage.map_actors if map_workers is None else map_workers)
 
-
-def ingest_options() -> Any:
-    """Ray Data execution options for `ray.train.DataConfig(execution_options=...)`.
-
-    Ray Train replaces a dataset's execution options with its own (taken from the global
-    `DataContext`, so `preserve_order` is off): pass these to keep the record order
-    deterministic. Exactness of resume does not depend on it (see `dreamray.data.progress`).
-
-    Returns:
-        `ray.data.ExecutionOptions` with `preserve_order=True`, the rest from the current
-        `DataContext`.
-    """
-    import ray.train
-
-    options = ray.train.DataConfig.default_ingest_options()
-    options.preserve_order = True
-    return options

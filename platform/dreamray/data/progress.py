@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from dreamray.files import atomic_write_json
 
 STATE_PREFIX = "data_state.rank"
 # Fewer samples than this are too few to judge a skip fraction mid-run (1 of 10 is not 10%).
@@ -221,14 +221,8 @@ def save_data_state(directory: str | Path, rank: int, state: DataState) -> Path:
     Returns:
         The file written.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"{STATE_PREFIX}{rank}.json"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".data_state.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(state.to_dict(), f)
-    os.replace(tmp, target)
-    return target
+    target = Path(directory) / f"{STATE_PREFIX}{rank}.json"
+    return atomic_write_json(target, state.to_dict(), indent=None, sort_keys=False)
 
 
 def load_data_state(directory: str | Path) -> DataState | None:

@@ -11,7 +11,7 @@
 - SD side: resize the shorter side to R (bilinear), center crop R x R, optional horizontal flip.
   It is returned as uint8 [3, R, R]; the collator maps it to [-1, 1] (float32 is 4x the bytes
   to move through the object store). R comes from the diffusion dir (UNet sample size x VAE
-  downsampling, `dreamray.zoo.diffusion_resolution`), 512 for SD 2.1-base.
+  downsampling, `dreamray.model.layouts.diffusion_resolution`), 512 for SD 2.1-base.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from dreamray.data.sequence import stable_unit
-from dreamray.zoo import diffusion_resolution
+from dreamray.model.layouts import diffusion_resolution
 
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
@@ -134,7 +134,7 @@ class ImageTransforms:
         if out.dtype == np.uint8:  # resizing works on uint8 images: the usual case
             return out
         # a float backend: round. Not on uint8, where np.rint runs numpy's float16 loop
-        # (1.6 ms per 224 px image, as much as the resize and crop themselves; measured here)
+        # (as slow as the resize and crop themselves)
         return np.rint(out).clip(0, 255).astype(np.uint8)
 
     def sd_pixels(self, image: Image.Image, sample_id: str, image_index: int) -> np.ndarray:

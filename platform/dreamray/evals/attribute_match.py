@@ -23,8 +23,9 @@ from dreamray.evals.attributes import READ_ATTRIBUTES, Reading, read_image, scor
 from dreamray.evals.coco_gen import artifact_hash, sampler_card, seed_dir
 from dreamray.evals.coco_run import CocoFidRun, generate_all
 from dreamray.evals.grid import write_grid
-from dreamray.evals.results import GRID_FILE, sha256_file, write_json_atomic
+from dreamray.evals.results import GRID_FILE
 from dreamray.evals.world_sets import WorldTruth, read_world_truth
+from dreamray.files import atomic_write_json, sha256_file
 
 PROTOCOL_NAME = "dreamray_world_attribute_match"
 READINGS_FILE = "readings.jsonl"
@@ -123,6 +124,6 @@ def match_attributes(run: CocoFidRun, truth_path: str, out_dir: str | Path) -> d
             "model": {"dir": str(run.model_dir), **artifact_hash(run.model_dir)},
         },
     }
-    write_json_atomic(out / "scores.json", result)
+    atomic_write_json(out / "scores.json", result)
     write_grid(out / GRID_FILE, gen.manifest, {f"seed{s}": seed_dir(out, s) for s in run.seeds})
     return result

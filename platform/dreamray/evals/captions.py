@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dreamray.evals.results import sha256_file, write_json_atomic
+from dreamray.files import atomic_write_json, sha256_file
 
 MANIFEST_VERSION = 1
 
@@ -134,7 +134,7 @@ def write_manifest(path: str | Path, manifest: CaptionManifest) -> str:
     Returns:
         The written file's sha256, the id the protocol card records.
     """
-    write_json_atomic(path, {"meta": manifest.meta, "items": [asdict(i) for i in manifest.items]})
+    atomic_write_json(path, {"meta": manifest.meta, "items": [asdict(i) for i in manifest.items]})
     return sha256_file(path)
 
 

@@ -14,9 +14,7 @@ tokenizer in place of `CLIPTokenizerFast`, see `build_tiny_clip`.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from dreamray.evals.coco_gen import IMAGES_DIR, TEMP_SUFFIX, seed_dir
 from dreamray.evals.pool import chunked
 from dreamray.evals.results import ResultsStore
 from dreamray.evals.telemetry import EvalProgress
+from dreamray.files import atomic_path
 
 RERANKED = "reranked"
 
@@ -150,7 +149,7 @@ def rerank(
     """
     target = reranked_dir(out_dir)
     bar = EvalProgress("coco_fid_rerank", len(todo), progress)
-    for _, records in pool.map_unordered("select", chunked(todo, chunk_size)):
+    for _, records in pool.map_unordered(ClipWorker.select, chunked(todo, chunk_size)):
         for r in records:
             copy_atomic(r["path"], target / f"{r['id']}.png")
         store.append(records)
@@ -161,16 +160,8 @@ def rerank(
 
 def copy_atomic(src: str | Path, dst: str | Path) -> None:
     """Copy a file through a temp file next to `dst` and a rename."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=TEMP_SUFFIX)
-    os.close(fd)
-    try:
+    with atomic_path(dst, suffix=TEMP_SUFFIX) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def build_tiny_clip(out_dir: str | Path, tokenizer_dir: str | Path, seed: int = 0) -> Path:
@@ -191,7 +182,7 @@ def build_tiny_clip(out_dir: str | Path, tokenizer_dir: str | Path, seed: int = 
     import torch
     from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from dreamray.zoo import clip_processor
+    from dreamray.model.layouts import clip_processor
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)

@@ -15,20 +15,19 @@ ties an image to the sharding.)
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from dreamray.contracts import STAGE_FILE
 from dreamray.evals.captions import CaptionManifest, generation_id
 from dreamray.evals.pool import chunked
-from dreamray.evals.results import ResultsStore, sha256_file
+from dreamray.evals.results import ResultsStore
 from dreamray.evals.telemetry import EvalProgress
+from dreamray.files import atomic_path, sha256_file
 
 IMAGES_DIR = "images"
-STAGE_FILE = "stage.json"
 TEMP_SUFFIX = ".tmp"  # hidden `.<name>.<random>.tmp` files: never an image to clean-fid's glob
 
 
@@ -85,16 +84,8 @@ def pending_items(items: list[dict], store: ResultsStore) -> list[dict]:
 
 def save_png_atomic(image: Any, path: str | Path) -> None:
     """Save a PIL image as PNG through a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=TEMP_SUFFIX) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def remove_stale_temps(folder: str | Path) -> int:
@@ -199,7 +190,7 @@ def generate_missing(
 
 
 def _chunks_done(pool: Any, chunks: list[list[dict]]) -> Iterator[list[dict]]:
-    for _, records in pool.map_unordered("generate", chunks):
+    for _, records in pool.map_unordered(ImageWorker.generate, chunks):
         yield records
 
 

@@ -42,6 +42,7 @@ from dreamray.evals.coco_gen import (
     work_items,
 )
 from dreamray.evals.fid_eval import (
+    FeatureWorker,
     FidSettings,
     assert_finite,
     folder_stats,
@@ -49,8 +50,10 @@ from dreamray.evals.fid_eval import (
     start_pool,
 )
 from dreamray.evals.grid import write_grid
+from dreamray.evals.offline_weights import require_clip_model
 from dreamray.evals.pool import PoolOptions, make_pool
-from dreamray.evals.results import GRID_FILE, ResultsStore, sha256_file, write_json_atomic
+from dreamray.evals.results import GRID_FILE, ResultsStore
+from dreamray.files import atomic_write_json, sha256_file
 from dreamray.metrics.fid import frechet_distance, load_stats
 
 PROTOCOL_NAME = "dreamllm_coco_fid"
@@ -104,15 +107,14 @@ def check_inputs(run: CocoFidRun) -> None:
 
     Raises:
         FidError: missing or unreadable reference statistics.
-        FileNotFoundError: a missing reference folder or CLIP dir.
+        FileNotFoundError: a missing reference folder, or (MissingWeightsError) CLIP dir.
         StatsDimensionError: reference statistics of another dimension than the extractor's.
     """
     if run.ref_stats is not None:
         load_stats(run.ref_stats, expected_dim=run.fid.feature_dim())
     if run.ref_images is not None and not Path(run.ref_images).is_dir():
         raise FileNotFoundError(f"reference image folder {run.ref_images} does not exist")
-    if run.clip_model is not None and not (Path(run.clip_model) / "config.json").is_file():
-        raise FileNotFoundError(f"CLIP dir {run.clip_model} has no config.json")
+    require_clip_model(run.clip_model, option="clip_model")
 
 
 def check_run_card(run: CocoFidRun, out: Path) -> dict[str, Any]:
@@ -130,7 +132,7 @@ def check_run_card(run: CocoFidRun, out: Path) -> dict[str, Any]:
         if stored != card:
             raise RunMismatchError(f"{path}: stored run {stored} differs from {card}: new out_dir")
     else:
-        write_json_atomic(path, card)
+        atomic_write_json(path, card)
     return card
 
 
@@ -144,7 +146,8 @@ def generate(run: CocoFidRun, items: list[dict], out: Path) -> tuple[ResultsStor
     if not pending_items(items, store):
         return store, 0
     with make_pool(ImageWorker, run.gen_pool, run.model_dir, run.sampler) as pool:
-        check_resolution(run, pool.call_ready("info")[0]["resolution"])  # before hours of work
+        # before hours of work
+        check_resolution(run, pool.call_ready(ImageWorker.info)[0]["resolution"])
         made = generate_missing(items, store, pool, run.chunk_size, run.fid.progress, run.max_items)
     return store, made
 
@@ -202,7 +205,7 @@ def score(folders: dict[str, Path], run: CocoFidRun, out: Path) -> tuple[dict, d
         }
     scores = {}
     with start_pool(run.fid) as pool:
-        extractor = pool.call_ready("info")[0]
+        extractor = pool.call_ready(FeatureWorker.info)[0]
         if ref is None:
             ref, provenance = reference_stats(run.ref_images, run.fid, pool, out / "ref_cache")
         for name, folder in folders.items():
@@ -310,7 +313,7 @@ def generate_and_score(run: CocoFidRun, out_dir: str | Path) -> dict[str, Any]:
     }
     result = summarize(scores, list(run.seeds))
     result.update(card=protocol_card(run, manifest_sha, resolution, extra), generated=made)
-    write_json_atomic(out / "scores.json", result)
+    atomic_write_json(out / "scores.json", result)
     write_grid(out / GRID_FILE, manifest, folders)
     return result
 

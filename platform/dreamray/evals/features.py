@@ -31,12 +31,16 @@ from cleanfid.resize import build_resizer
 from cleanfid.utils import ResizeDataset
 from PIL import Image
 
-from dreamray.evals.results import sha256_file
+from dreamray.config.specs import FID_PROTOCOLS
+from dreamray.files import sha256_file
 
-PROTOCOLS = ("clean", "legacy_pytorch", "dreamllm")
+PROTOCOLS = FID_PROTOCOLS
 INCEPTION_DIM = 2048
 TORCHSCRIPT_NAME = "inception-2015-12-05.pt"  # the file name clean-fid's loader expects
 FID_INCEPTION_NAME = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's, via torch hub
+# Where clean-fid's `torchscript_inception` looks for (and downloads) its network on Linux.
+CLEAN_FID_CACHE = Path("/tmp")
+INCEPTION_EXTRACTOR = "inception"
 TINY_PREFIX = "tiny:"
 TINY_DIM = 64
 
@@ -194,7 +198,9 @@ def build_extractor(
     Args:
         spec: `inception` (clean-fid's network for the protocol) or `tiny:SEED`.
         protocol: the protocol (`clean` uses the TorchScript Inception, the others pytorch-fid's).
-        weights: a local Inception weights file; None lets clean-fid download its own.
+        weights: a local Inception weights file; None: clean-fid's cache file
+            (`default_inception_file`), which clean-fid downloads when missing; the eval drivers
+            refuse to start without it (`require_inception_weights`).
         device: torch device string.
 
     Returns:
@@ -209,7 +215,7 @@ def build_extractor(
         except ValueError:
             raise FeatureSetupError(f"bad extractor {spec!r}: expected tiny:<int seed>") from None
         return FeatureExtractor(tiny_feature_extractor(seed).to(device), TINY_DIM, spec, None)
-    if spec != "inception":
+    if spec != INCEPTION_EXTRACTOR:
         raise FeatureSetupError(f"unknown feature extractor {spec!r}; use inception or tiny:SEED")
     if protocol.clean_fid_mode == "clean":
         fn, used = _torchscript_inception(weights, device)
@@ -229,7 +235,7 @@ def _torchscript_inception(weights: str | None, device: str) -> tuple[Callable, 
             resize_inside=False,
             use_dataparallel=False,
         )
-        return fn, _sha256_or_none(Path("/tmp") / TORCHSCRIPT_NAME)
+        return fn, _sha256_or_none(CLEAN_FID_CACHE / TORCHSCRIPT_NAME)
     with _named_copy(weights, TORCHSCRIPT_NAME) as folder:
         try:
             model = InceptionV3W(str(folder), download=False, resize_inside=False)
@@ -258,8 +264,7 @@ def _fid_inception(weights: str | None, device: str) -> tuple[Callable, str | No
                 f"--inception-weights {weights}: protocols legacy_pytorch and dreamllm need "
                 f"pytorch-fid's state dict {FID_INCEPTION_NAME}: {err}"
             ) from err
-        checkpoint = Path(torch.hub.get_dir()) / "checkpoints" / FID_INCEPTION_NAME
-        return fn, _sha256_or_none(checkpoint)
+        return fn, _sha256_or_none(_hub_checkpoint())
 
 
 @contextlib.contextmanager
@@ -286,6 +291,45 @@ def _torch_hub_with(weights: str) -> Iterator[None]:
             yield
         finally:
             torch.hub.set_dir(previous)
+
+
+def default_inception_file(protocol: Protocol) -> Path:
+    """The file clean-fid loads the protocol's Inception from when no weights file is given."""
+    if protocol.clean_fid_mode == "clean":
+        return CLEAN_FID_CACHE / TORCHSCRIPT_NAME
+    return _hub_checkpoint()
+
+
+def inception_download_url(protocol: Protocol) -> str:
+    """Where clean-fid would download the protocol's Inception from (a machine with internet)."""
+    from cleanfid.downloads_helper import inception_url
+    from cleanfid.inception_pytorch import FID_WEIGHTS_URL
+
+    return inception_url if protocol.clean_fid_mode == "clean" else FID_WEIGHTS_URL
+
+
+def download_inception(protocol: Protocol) -> Path:
+    """Fetch the protocol's Inception file into `default_inception_file` (once, in the driver).
+
+    Returns:
+        The file.
+
+    Raises:
+        Whatever the download raises (no network, HTTP error).
+    """
+    if protocol.clean_fid_mode == "clean":
+        from cleanfid.downloads_helper import check_download_url, inception_url
+
+        return Path(check_download_url(local_folder=str(CLEAN_FID_CACHE), url=inception_url))
+    from cleanfid.inception_pytorch import FID_WEIGHTS_URL
+
+    torch.hub.load_state_dict_from_url(FID_WEIGHTS_URL, progress=True)
+    return _hub_checkpoint()
+
+
+def _hub_checkpoint() -> Path:
+    # pytorch-fid's weights go through torch.hub's cache, under the file name of their URL.
+    return Path(torch.hub.get_dir()) / "checkpoints" / FID_INCEPTION_NAME
 
 
 def _sha256_or_none(path: Path) -> str | None:

@@ -27,8 +27,8 @@ from dreamray.evals.features import (
 )
 from dreamray.evals.images import Skip, content_hash, list_images
 from dreamray.evals.pool import PoolOptions, chunked, make_pool
-from dreamray.evals.results import sha256_file
 from dreamray.evals.telemetry import EvalProgress
+from dreamray.files import sha256_file
 from dreamray.metrics.fid import (
     FeatureStats,
     FidError,
@@ -157,7 +157,7 @@ def folder_stats(folder: str | Path, settings: FidSettings, pool: Any, label: st
     progress = EvalProgress(f"fid_features:{label}", len(listing.files), settings.progress)
     merged, skipped = FeatureStats(settings.feature_dim()), list(listing.skipped)
     chunks = chunked(listing.files, settings.chunk_size)
-    for index, result in pool.map_unordered("stats", chunks):
+    for index, result in pool.map_unordered(FeatureWorker.stats, chunks):
         merged.merge(FeatureStats.from_arrays(result["stats"]))
         skipped += [Skip(**s) for s in result["skipped"]]
         progress.update(len(chunks[index]), len(result["skipped"]))
@@ -263,7 +263,7 @@ def score_folders(
             "sha256": sha256_file(ref_stats),
         }
     with start_pool(settings) as pool:
-        extractor_card = pool.call_ready("info")[0]
+        extractor_card = pool.call_ready(FeatureWorker.info)[0]
         if ref is None:
             ref, provenance = reference_stats(ref_images, settings, pool, cache_dir)
         result = folder_stats(images, settings, pool, "images")

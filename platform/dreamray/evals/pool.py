@@ -9,7 +9,7 @@ classes (usable in-process too); the pool wraps them with `ray.remote` itself.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,22 @@ class WorkerStartError(RuntimeError):
     """A pool worker whose constructor raised (bad weights file, missing model, ...)."""
 
 
+def method_name(worker_cls: type, method: Callable[..., Any]) -> str:
+    """The name of `method`, checked to be a method of `worker_cls`.
+
+    Pools are called with the method itself (`pool.map_unordered(FeatureWorker.stats, ...)`),
+    so a rename is caught by the linter and a method of another class is refused here, before
+    any work is sent.
+
+    Raises:
+        TypeError: `method` is not an attribute of `worker_cls` under its own name.
+    """
+    name = getattr(method, "__name__", None)
+    if name is None or getattr(worker_cls, name, None) is not method:
+        raise TypeError(f"{method!r} is not a method of {worker_cls.__name__}")
+    return name
+
+
 class ActorPool:
     """A fixed set of actors of one class, fed chunks of work."""
 
@@ -67,6 +83,7 @@ class ActorPool:
             num_cpus=options.num_cpus, num_gpus=options.num_gpus, **options.ray_options
         )
         self.options = options
+        self.worker_cls = worker_cls
         self.worker_name = worker_cls.__name__
         self.actors = [remote_cls.remote(*args, **kwargs) for _ in range(options.num_actors)]
         # Actors still starting; work only goes to started ones, so a pool larger than the
@@ -95,20 +112,28 @@ class ActorPool:
             self._started(done[0])
         return len(self._ready)
 
-    def call_ready(self, method: str, *args: Any) -> list[Any]:
+    def call_ready(self, method: Callable[..., Any], *args: Any) -> list[Any]:
         """Call a method on every started actor (waiting for at least one) and return results.
+
+        Args:
+            method: the worker class's method (e.g. `FeatureWorker.info`).
+            *args: its arguments.
 
         Raises:
             WorkerStartError: an actor's constructor failed.
+            TypeError: `method` is not a method of the worker class.
         """
+        name = method_name(self.worker_cls, method)
         self.wait_started(1)
-        return ray.get([getattr(a, method).remote(*args) for a in self._ready])
+        return ray.get([getattr(a, name).remote(*args) for a in self._ready])
 
-    def map_unordered(self, method: str, items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    def map_unordered(
+        self, method: Callable[..., Any], items: Sequence[Any]
+    ) -> Iterator[tuple[int, Any]]:
         """Run `actor.method(item)` for every item, spread over the started actors.
 
         Args:
-            method: the worker method's name.
+            method: the worker class's method (e.g. `FeatureWorker.stats`).
             items: one argument per call (typically a chunk of work).
 
         Yields:
@@ -116,7 +141,9 @@ class ActorPool:
 
         Raises:
             WorkerStartError: an actor's constructor failed.
+            TypeError: `method` is not a method of the worker class.
         """
+        method = method_name(self.worker_cls, method)
         slots = self.options.in_flight_per_actor
         queue = deque(enumerate(items))
         free = [a for a in self._ready for _ in range(slots)]
@@ -164,16 +191,20 @@ class LocalPool:
 
     def __init__(self, worker_cls: type, *args: Any, **kwargs: Any) -> None:
         """Build the single worker `worker_cls(*args, **kwargs)`."""
+        self.worker_cls = worker_cls
         self.worker = worker_cls(*args, **kwargs)
 
-    def call_ready(self, method: str, *args: Any) -> list[Any]:
+    def call_ready(self, method: Callable[..., Any], *args: Any) -> list[Any]:
         """Call one method on the worker; a one-element list, like `ActorPool.call_ready`."""
-        return [getattr(self.worker, method)(*args)]
+        return [getattr(self.worker, method_name(self.worker_cls, method))(*args)]
 
-    def map_unordered(self, method: str, items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    def map_unordered(
+        self, method: Callable[..., Any], items: Sequence[Any]
+    ) -> Iterator[tuple[int, Any]]:
         """Run the method on every item in order; yields (index, result)."""
+        name = method_name(self.worker_cls, method)
         for index, item in enumerate(items):
-            yield index, getattr(self.worker, method)(item)
+            yield index, getattr(self.worker, name)(item)
 
     def shutdown(self) -> None:
         """Drop the worker."""

@@ -7,10 +7,8 @@ A crash can leave at most a torn last line, which is ignored on reading.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -90,36 +88,3 @@ def _read_jsonl(path: Path) -> dict[str, dict[str, Any]]:
             record = json.loads(line)
             records[str(record[ID_KEY])] = record
     return records
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write `obj` as indented JSON via a temp file and a rename.
-
-    Args:
-        path: destination file.
-        obj: JSON-serialisable value.
-
-    Returns:
-        The path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

@@ -99,7 +99,7 @@ def generate_answers(
         with make_pool(
             VqaWorker, options, factory, preset, num_patches, image_root, batch_size
         ) as workers:
-            for _, records in workers.map_unordered("answer", chunked(todo, chunk_size)):
+            for _, records in workers.map_unordered(VqaWorker.answer, chunked(todo, chunk_size)):
                 store.append(records)
                 tracker.update(len(records))
         tracker.close()
@@ -201,21 +201,6 @@ def lookup_generator(table: dict[str, str], default: str = "") -> GeneratorFacto
     return functools.partial(functools.partial, _lookup, dict(table), default)
 
 
-def require_text_generation() -> None:
-    """Fail fast (in the driver, before any actor starts) when DreamLLM cannot decode text.
-
-    Raises:
-        NotImplementedError: `dreamray.model.generation.generate_text` is not available.
-    """
-    try:
-        from dreamray.model.generation import generate_text  # noqa: F401
-    except ImportError as err:
-        raise NotImplementedError(
-            "VQA answer generation needs dreamray.model.generation.generate_text, which "
-            f"cannot be imported: {err}"
-        ) from err
-
-
 class DreamLLMGenerator:
     """A DreamLLM artifact as a VQA `Generate`: beam search on prompts with one image each."""
 
@@ -245,21 +230,18 @@ class DreamLLMGenerator:
         )
 
 
-def dreamllm_generator(
-    model_dir: str, num_beams: int = 5, max_new_tokens: int = 1024
-) -> DreamLLMGenerator:
+def dreamllm_generator(model_dir: str, num_beams: int, max_new_tokens: int) -> DreamLLMGenerator:
     """The generator factory for a DreamLLM artifact (use with `functools.partial`).
 
     Args:
         model_dir: the artifact directory (ours or a released checkpoint with configs).
-        num_beams: beam width (5 in the reference protocol).
-        max_new_tokens: decode budget (1024 in the reference).
+        num_beams: beam width (`VqaParams.num_beams`: the reference protocol's by default).
+        max_new_tokens: decode budget (`VqaParams.max_new_tokens`).
 
     Returns:
         The loaded generator; its `num_patches` is the model's CLIP patch count.
 
     Raises:
-        NotImplementedError: text generation is not available (`require_text_generation`).
+        ArtifactError: `model_dir` is not a loadable artifact.
     """
-    require_text_generation()
     return DreamLLMGenerator(model_dir, num_beams, max_new_tokens)

@@ -10,8 +10,6 @@ pytorch-fid and clean-fid read and write; extra keys are ignored by both.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,8 @@ from typing import Any
 
 import numpy as np
 from scipy import linalg
+
+from dreamray.files import atomic_path
 
 # The diagonal offset pytorch-fid and clean-fid add when sqrtm of the product is not finite.
 SINGULAR_EPS = 1e-6
@@ -233,15 +233,9 @@ def save_stats(path: str | Path, mu: Any, sigma: Any, meta: dict[str, Any] | Non
     mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
     _check_shapes(mu, sigma, str(path))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
+    # np.savez appends `.npz` to a name without it: the temp name keeps the suffix
+    with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, mu=mu, sigma=sigma, meta=np.asarray(json.dumps(meta or {}, sort_keys=True)))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

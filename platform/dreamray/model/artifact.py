@@ -12,33 +12,36 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from dreamray.config.specs import ModelSpec
-from dreamray.model import build
-from dreamray.model.dreamllm import DreamLLM, DreamLLMConfig
-from dreamray.model.groups import (
+from dreamray.contracts import (
+    CONFIG_FILE,
     DIFFUSION_PLUGIN,
     DREAM_PLUGIN,
     LLM_MODULE,
+    LLM_WEIGHTS,
+    PLUGIN_FILES,
     PLUGIN_MODULES,
+    PROCESSOR_FILE,
+    RELEASED_WEIGHTS,
     VISION_PLUGIN,
 )
+from dreamray.files import atomic_dir, atomic_write_json
+from dreamray.model import towers
+from dreamray.model.plugin_config import DreamLLMConfig
 from dreamray.model.plugins import DreamEmbedding
 
-CONFIG_FILE = "config.json"
-LLM_WEIGHTS = "model.safetensors"
-RELEASED_WEIGHTS = "pytorch_model.bin"
-PROCESSOR_FILE = "preprocessor_config.json"
+if TYPE_CHECKING:
+    # The class calls into this module (`DreamLLM.save_pretrained` / `from_pretrained`) and
+    # hands itself over, so this module never imports it at run time.
+    from dreamray.model.dreamllm import DreamLLM
+
 DREAMLLM_SECTION = "dreamllm"
-PLUGIN_FILES = {name: f"{name}.bin" for name in PLUGIN_MODULES}
 RELEASED_PREFIXES = {
     VISION_PLUGIN: "model.clip_vision_embedding.",
     DREAM_PLUGIN: "model.dream_embedding.",
@@ -129,37 +132,17 @@ def save_dreamllm(model: DreamLLM, out_dir: str | Path, state_dict: dict | None 
         The artifact dir.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     parts = split_state_dict(state_dict if state_dict is not None else model.state_dict())
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.llm.save_pretrained(tmp, state_dict=parts[LLM_MODULE], max_shard_size="1000GB")
         config = json.loads((tmp / CONFIG_FILE).read_text())
         config[DREAMLLM_SECTION] = model.dreamllm_config.to_dict()
-        _write_json(tmp / CONFIG_FILE, config)
+        atomic_write_json(tmp / CONFIG_FILE, config)
         for name in PLUGIN_MODULES:
             torch.save(to_file_keys(model, name, parts[name]), tmp / PLUGIN_FILES[name])
         model.tokenizer.save_pretrained(tmp)
-        _write_json(tmp / PROCESSOR_FILE, model.dreamllm_config.image_processor)
-        _replace_dir(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        atomic_write_json(tmp / PROCESSOR_FILE, model.dreamllm_config.image_processor)
     return out_dir
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(new, target)
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _names(keys: list[str]) -> str:
@@ -248,11 +231,14 @@ def load_plugins_into(model: DreamLLM, path: str | Path) -> None:
 
 
 def load_dreamllm(
-    path: str | Path, spec: ModelSpec | None = None, dtype: torch.dtype | None = None
+    cls: type[DreamLLM], path: str | Path, spec: ModelSpec | None = None,
+    dtype: torch.dtype | None = None,
 ) -> DreamLLM:
-    """Load a DreamLLM from an artifact dir (ours, or a released checkpoint).
+    """Load a DreamLLM from an artifact dir (ours, or a released checkpoint); called as
+    `DreamLLM.from_pretrained(path, spec=..., dtype=...)`.
 
     Args:
+        cls: the model class (`DreamLLM`).
         path: the artifact dir.
         spec: optional; its training options (condition dropout, min-SNR, gradient checkpointing)
             replace the saved ones, and its shapes must match the artifact. Required for a
@@ -275,16 +261,16 @@ def load_dreamllm(
     elif (path / RELEASED_WEIGHTS).is_file():
         if spec is None:
             raise ArtifactError(f"{path} is a released checkpoint without tower configs: pass spec")
-        cfg = build.plugin_config(spec)
+        cfg = towers.plugin_config(spec)
         llm, tokenizer = _load_released_llm(path, config)
     else:
         raise ArtifactError(
             f"{path}: neither a `{DREAMLLM_SECTION}` config section nor {RELEASED_WEIGHTS}"
         )
     cfg = _apply_spec(cfg, spec)
-    model = _assemble(llm, tokenizer, cfg)
+    model = _assemble(cls, llm, tokenizer, cfg)
     load_plugins_into(model, path)
-    build.freeze_towers(model)
+    towers.freeze_towers(model)
     if dtype is not None:
         model.to(dtype)
     if spec is not None and spec.gradient_checkpointing:
@@ -309,14 +295,15 @@ def _apply_spec(cfg: DreamLLMConfig, spec: ModelSpec | None) -> DreamLLMConfig:
     )
 
 
-def _assemble(llm: nn.Module, tokenizer: Any, cfg: DreamLLMConfig) -> DreamLLM:
+def _assemble(cls: type[DreamLLM], llm: nn.Module, tokenizer: Any,
+              cfg: DreamLLMConfig) -> DreamLLM:
     dim = llm.get_input_embeddings().embedding_dim
-    return DreamLLM(
+    return cls(
         llm,
         tokenizer,
-        build.vision_from_config(cfg, dim),
+        towers.vision_from_config(cfg, dim),
         DreamEmbedding(cfg.num_dream_queries, dim),
-        build.diffusion_from_config(cfg, dim),
+        towers.diffusion_from_config(cfg, dim),
         cfg,
     )
 
@@ -347,7 +334,7 @@ def _load_released_llm(path: Path, config: dict[str, Any]) -> tuple[nn.Module, A
     fields = {
         k: v for k, v in config.items() if k not in ("model_type", "architectures", "auto_map")
     }
-    with build.skip_init():
+    with towers.skip_init():
         llm = AutoModelForCausalLM.from_config(LlamaConfig(**fields))
     full = _torch_load(path / RELEASED_WEIGHTS)
     plugin_prefixes = tuple(RELEASED_PREFIXES.values())

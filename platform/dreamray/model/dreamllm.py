@@ -8,59 +8,20 @@ CFG branch) and ``stable_diffusion_head.denoise`` / ``.encode`` / ``.scheduler``
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from dreamray.config.specs import ProjectorSpec
+from dreamray.model import artifact
 from dreamray.model import blocks as blk
 from dreamray.model.diffusion import StableDiffusionHead
 from dreamray.model.losses import lm_loss_sum
+from dreamray.model.plugin_config import DreamLLMConfig
 from dreamray.model.plugins import CLIPVisionEmbedding, DreamEmbedding
 from dreamray.model.tokens import SpecialTokenIds
-
-
-@dataclass(frozen=True)
-class DreamLLMConfig:
-    """Everything besides the LLM's own config that rebuilds a DreamLLM from an artifact dir."""
-
-    num_dream_queries: int
-    vision_select_layer: int
-    vision_projector: ProjectorSpec
-    condition_projector: ProjectorSpec
-    condition_dropout: float
-    snr_gamma: float | None
-    vision_config: dict[str, Any]
-    image_processor: dict[str, Any]
-    unet_config: dict[str, Any]
-    vae_config: dict[str, Any]
-    scheduler_config: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (the ``dreamllm`` section of an artifact's ``config.json``)."""
-        out = asdict(self)
-        out["vision_projector"] = self.vision_projector.model_dump()
-        out["condition_projector"] = self.condition_projector.model_dump()
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DreamLLMConfig:
-        """Inverse of `to_dict`.
-
-        Raises:
-            ValueError: naming every missing and unknown key.
-        """
-        names = {f.name for f in fields(cls)}
-        missing, unknown = sorted(names - set(data)), sorted(set(data) - names)
-        if missing or unknown:
-            raise ValueError(f"dreamllm config: missing keys {missing}, unknown keys {unknown}")
-        values = dict(data)
-        for key in ("vision_projector", "condition_projector"):
-            values[key] = ProjectorSpec(**data[key])
-        return cls(**values)
 
 
 @dataclass
@@ -358,16 +319,12 @@ class DreamLLM(nn.Module):
 
     def save_pretrained(self, out_dir: str | Path, state_dict: dict | None = None) -> Path:
         """Write the artifact dir; see `dreamray.model.artifact.save_dreamllm`."""
-        from dreamray.model.artifact import save_dreamllm
-
-        return save_dreamllm(self, out_dir, state_dict=state_dict)
+        return artifact.save_dreamllm(self, out_dir, state_dict=state_dict)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> DreamLLM:
         """Load an artifact dir; see `dreamray.model.artifact.load_dreamllm`."""
-        from dreamray.model.artifact import load_dreamllm
-
-        return load_dreamllm(path, **kwargs)
+        return artifact.load_dreamllm(cls, path, **kwargs)
 
 
 def _splice_or_touch(

@@ -1,7 +1,8 @@
 """Trainable parameter groups of a DreamLLM: the one place their module prefixes are spelled.
 
-This module must stay importable without torch: the config layer validates group names
-against ``GROUP_NAMES``. The functions below only walk ``named_parameters()``.
+The group and plugin names are contracts (`dreamray.contracts`); this module maps them to module
+prefixes.
+The functions below only walk ``named_parameters()`` (no torch import).
 """
 
 from __future__ import annotations
@@ -9,25 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-GROUP_NAMES: tuple[str, ...] = (
-    "llm",
-    "embed_tokens",
-    "lm_head",
-    "vision_encoder",
-    "vision_projector",
-    "dream_queries",
-    "condition_projector",
-    "unet",
-    "vae",
+from dreamray.contracts import (
+    DIFFUSION_PLUGIN,
+    DREAM_PLUGIN,
+    GROUP_NAMES,
+    LLM_MODULE,
+    VISION_PLUGIN,
 )
-
-# Top-level submodules of `DreamLLM`. The plugin names are also the stems of their artifact
-# files (`<name>.bin`), as in the reference.
-LLM_MODULE = "llm"
-VISION_PLUGIN = "clip_vision_embedding"
-DREAM_PLUGIN = "dream_embedding"
-DIFFUSION_PLUGIN = "stable_diffusion_head"
-PLUGIN_MODULES: tuple[str, ...] = (VISION_PLUGIN, DREAM_PLUGIN, DIFFUSION_PLUGIN)
 
 # Parameter-name prefixes of the plugin groups, inside `DreamLLM`.
 PLUGIN_GROUP_PREFIXES: dict[str, str] = {

@@ -24,8 +24,8 @@ optimizer column (and ZeRO-2/3's grads, reduced straight into the CPU partition)
 and the CUDA context are not included.
 
 `build_dreamllm_on_meta` builds the real architecture from config-only dirs (no weights), e.g.
-those of `dreamray.zoo.build_real_configs`; `describe_stage_plan` is the dry run's hook
-(`dreamray.orchestration.plan.MODEL_PLAN_HOOK`).
+those of `dreamray.zoo.build_real_configs`; `describe_stage_plan` gives the dry run's lines
+(`dreamray.orchestration.plan`).
 """
 
 from __future__ import annotations
@@ -313,7 +313,7 @@ def real_config_dirs():
 
 
 def describe_stage_plan(stage: TrainStageSpec, shapes_only: bool) -> list[str]:
-    """The dry run's lines for a train stage (`dreamray.orchestration.plan.MODEL_PLAN_HOOK`).
+    """The dry run's lines for a train stage (`dreamray.orchestration.plan.describe_recipe`).
 
     Args:
         stage: the stage spec.

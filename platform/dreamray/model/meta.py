@@ -64,7 +64,7 @@ def build_dreamllm_on_meta(llm_dir, vision_dir, diffusion_dir, spec: ModelSpec):
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from dreamray.model import build
+    from dreamray.model import towers
     from dreamray.model.dreamllm import DreamLLM
     from dreamray.model.plugins import DreamEmbedding
 
@@ -74,13 +74,13 @@ def build_dreamllm_on_meta(llm_dir, vision_dir, diffusion_dir, spec: ModelSpec):
     config = AutoConfig.from_pretrained(llm_dir, local_files_only=True)
     tokenizer = _tokenizer_for(llm_dir, config)
     config.vocab_size = max(config.vocab_size, len(tokenizer))  # = resize_for_tokenizer
-    cfg = build.plugin_config(spec)
+    cfg = towers.plugin_config(spec)
     with torch.device("meta"):
         llm = AutoModelForCausalLM.from_config(config)
         dim = llm.get_input_embeddings().embedding_dim
-        vision = build.vision_from_config(cfg, dim)
+        vision = towers.vision_from_config(cfg, dim)
         dream = DreamEmbedding(spec.num_dream_queries, dim)
-        head = build.diffusion_from_config(cfg, dim)
+        head = towers.diffusion_from_config(cfg, dim)
     model = DreamLLM(llm, tokenizer, vision, dream, head, cfg)
-    build.freeze_towers(model)
+    towers.freeze_towers(model)
     return model

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from dreamray.config.specs import AnyStageSpec
 from dreamray.orchestration.context import Executor, StageOutcome
 from dreamray.orchestration.executors import StageTask, execute_stage
 from dreamray.orchestration.resources import Bundle, total
@@ -40,7 +41,7 @@ class Backend(Protocol):
     def snapshot(self) -> ClusterSnapshot:
         """Current resources."""
 
-    def submit(self, name: str, executor: Executor, stage: Any, task: StageTask) -> Any:
+    def submit(self, name: str, executor: Executor, stage: AnyStageSpec, task: StageTask) -> Any:
         """Start a stage; return a handle."""
 
     def wait(self, handles: Sequence[Any], timeout: float) -> list[Any]:
@@ -75,7 +76,8 @@ class ThreadBackend:
         available = {k: v - used.get(k, 0.0) for k, v in cluster.items()}
         return ClusterSnapshot(nodes=self.nodes, total=cluster, available=available)
 
-    def submit(self, name: str, executor: Executor, stage: Any, task: StageTask) -> cf.Future:
+    def submit(self, name: str, executor: Executor, stage: AnyStageSpec,
+               task: StageTask) -> cf.Future:
         """Run the stage in a thread."""
         from dreamray.orchestration.resources import stage_demand
 

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dreamray.config.specs import AnyStageSpec
+
 
 @dataclass(frozen=True)
 class StageContext:
@@ -66,7 +68,7 @@ class StageOutcome:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-Executor = Callable[[Any, StageContext], StageOutcome]
+Executor = Callable[[AnyStageSpec, StageContext], StageOutcome]
 
 
 class StageError(RuntimeError):

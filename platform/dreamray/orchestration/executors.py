@@ -15,11 +15,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
-from dreamray.config.specs import BASE_SOURCE, EvalStageSpec, is_stage_ref
+from dreamray.config.specs import AnyStageSpec, EvalStageSpec, TrainStageSpec
+from dreamray.contracts import BASE_SOURCE, CONFIG_FILE, EVAL_KIND, MERGE_KIND, TRAIN_KIND, StageRef
 from dreamray.orchestration.context import Executor, StageContext, StageOutcome
-from dreamray.orchestration.manifest import build_manifest, write_manifest
+from dreamray.orchestration.manifest import ManifestRecord, build_manifest, write_manifest
 from dreamray.orchestration.merge import run_merge_stage
 from dreamray.orchestration.storage import RunStorage
 
@@ -55,7 +55,7 @@ def _localize(task: StageTask, storage: RunStorage, scratch: Path | None) -> Sta
     return replace(task.context, inputs=inputs, artifact_dir=artifact)
 
 
-def execute_stage(executor: Executor, stage: Any, task: StageTask) -> StageOutcome:
+def execute_stage(executor: Executor, stage: AnyStageSpec, task: StageTask) -> StageOutcome:
     """Run one stage executor with local paths and time it.
 
     Args:
@@ -98,50 +98,24 @@ def _node_id() -> str | None:
         return None
 
 
-def run_train(stage: Any, ctx: StageContext) -> StageOutcome:
+def run_train(stage: TrainStageSpec, ctx: StageContext) -> StageOutcome:
     """The train executor: one Ray Train run of the stage, via the stage launcher.
 
     Args:
-        stage: a TrainStageSpec.
+        stage: the train stage.
         ctx: local paths; `train_storage` + `train_run_name` make a re-run resume.
 
     Returns:
-        The launcher's TrainOutcome as a StageOutcome.
+        The launcher's outcome.
     """
     from dreamray.orchestration.launcher import run_train_stage
 
-    out = run_train_stage(stage, name=ctx.name, storage_path=ctx.train_storage,
-                          run_name=ctx.train_run_name, artifact_dir=ctx.artifact_dir,
-                          inputs=dict(ctx.inputs))
-    return outcome_from_train(out)
+    return run_train_stage(stage, name=ctx.name, storage_path=ctx.train_storage,
+                           run_name=ctx.train_run_name, artifact_dir=ctx.artifact_dir,
+                           inputs=dict(ctx.inputs))
 
 
-def outcome_from_train(out: Any) -> StageOutcome:
-    """Convert the launcher's TrainOutcome (attribute access) into a StageOutcome."""
-    def attr(*names: str) -> Any:
-        for name in names:
-            if hasattr(out, name):
-                return getattr(out, name)
-        return None
-
-    return StageOutcome(
-        artifact_dir=str(attr("artifact_dir")),
-        steps=int(attr("steps") or 0),
-        samples=int(attr("samples") or 0),
-        metrics=dict(attr("metrics", "final_metrics") or {}),
-        checkpoint=_str_or_none(attr("checkpoint", "checkpoint_path")),
-        skipped=dict(attr("skipped", "skipped_counts") or {}),
-        started_at=float(attr("started_at", "start_time") or 0.0),
-        ended_at=float(attr("ended_at", "end_time") or 0.0),
-        history=list(attr("history") or []),
-    )
-
-
-def _str_or_none(value: Any) -> str | None:
-    return None if value is None else str(getattr(value, "path", value))
-
-
-def run_eval(stage: Any, ctx: StageContext) -> StageOutcome:
+def run_eval(stage: EvalStageSpec, ctx: StageContext) -> StageOutcome:
     """The eval executor: `dreamray.evals.stage.run_eval_stage` on the model artifact.
 
     The eval writes into the artifact dir itself (not a temp dir): its results stores are keyed
@@ -163,14 +137,14 @@ def run_eval(stage: Any, ctx: StageContext) -> StageOutcome:
     if source == BASE_SOURCE:
         model_dir = str(base_model_artifact(stage, Path(ctx.artifact_dir) / BASE_MODEL_DIR))
     else:
-        model_dir = ctx.inputs[source.split(":", 1)[1]] if is_stage_ref(source) else source
+        ref = StageRef.parse(source)
+        model_dir = ctx.inputs[ref.name] if ref is not None else source
     result = run_eval_stage(stage, model_dir, ctx.artifact_dir)
     metrics = {k: v for k, v in result.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    write_manifest(ctx.artifact_dir, build_manifest(
-        ctx.artifact_dir, stage=ctx.name, kind="eval", spec_hash=ctx.spec_hash,
-        identity=ctx.identity, inputs=dict(ctx.input_digests), steps=0, samples=0,
-        metrics=metrics))
+    write_manifest(ctx.artifact_dir, build_manifest(ctx.artifact_dir, ManifestRecord(
+        stage=ctx.name, kind=EVAL_KIND, spec_hash=ctx.spec_hash, identity=ctx.identity,
+        inputs=ctx.input_digests, metrics=metrics)))
     return StageOutcome(artifact_dir=ctx.artifact_dir, metrics=metrics, started_at=started,
                         ended_at=time.time())
 
@@ -189,16 +163,15 @@ def base_model_artifact(stage: EvalStageSpec, out_dir: Path) -> Path:
     """
     import torch
 
-    from dreamray.model.artifact import CONFIG_FILE, save_dreamllm
     from dreamray.model.build import build_dreamllm
 
     if (out_dir / CONFIG_FILE).is_file():
         return out_dir
     assert stage.base_model is not None  # the spec's validator guarantees it
     torch.manual_seed(stage.seed)
-    return save_dreamllm(build_dreamllm(stage.base_model), out_dir)
+    return build_dreamllm(stage.base_model).save_pretrained(out_dir)
 
 
 def default_executors() -> Mapping[str, Executor]:
     """Stage kind -> executor, as used by `pipelines/full_recipe.py`."""
-    return {"train": run_train, "merge": run_merge_stage, "eval": run_eval}
+    return {TRAIN_KIND: run_train, MERGE_KIND: run_merge_stage, EVAL_KIND: run_eval}

@@ -15,11 +15,12 @@ import shutil
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dreamray.config.specs import TrainStageSpec
+from dreamray.contracts import TRAIN_KIND
+from dreamray.orchestration.context import StageOutcome
 from dreamray.orchestration.preflight import check_train_stage, input_digests, resolve_init
 from dreamray.orchestration.train_data import (
     RankDatasetFactory,
@@ -30,22 +31,7 @@ from dreamray.orchestration.train_data import (
 from dreamray.train.faults import FAULT_ENV, parse_fault_env
 from dreamray.train.run import ARTIFACT_SUBDIR, METRICS_FILE, RunInfo, tokenizer_dir
 
-__all__ = ["TrainOutcome", "check_train_stage", "run_train_stage", "train_loop_per_worker"]
-
-
-@dataclass(frozen=True)
-class TrainOutcome:
-    """What a finished train stage did."""
-
-    artifact_dir: str
-    steps: int
-    samples: int
-    metrics: dict[str, Any]
-    checkpoint: str | None
-    skipped: dict[str, int]
-    started_at: float
-    ended_at: float
-    history: list[dict[str, Any]] = field(default_factory=list)
+__all__ = ["check_train_stage", "run_train_stage", "train_loop_per_worker"]
 
 
 class RaySession:
@@ -117,7 +103,6 @@ def _trainer(stage: TrainStageSpec, run: RunInfo, storage_path: str) -> Any:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     sc = stage.scaling
-    resources = {"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}
     run_dir = _run_dir(storage_path, run.run_name)
     tok = tokenizer_dir(stage)
     datasets = {dataset_name(r): RankDatasetFactory(stage, tok, run_dir, r)
@@ -125,9 +110,9 @@ def _trainer(stage: TrainStageSpec, run: RunInfo, storage_path: str) -> Any:
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"stage": stage, "run": run},
-        torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend=sc.dist_backend),
         scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=sc.worker_resources()),
         run_config=RunConfig(
             name=run.run_name, storage_path=storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=stage.checkpoint.keep_last),
@@ -139,12 +124,17 @@ def _trainer(stage: TrainStageSpec, run: RunInfo, storage_path: str) -> Any:
 
 
 def _data_config() -> Any:
-    from dreamray.data.pipeline import ingest_options
+    import ray.train
+
     from dreamray.orchestration.rank_ingest import PerRankDataConfig
 
-    # Ray Train replaces every dataset's execution options with the config's: ask for the
-    # record order the datasets ask for.
-    return PerRankDataConfig(ingest_options())
+    # Ray Train replaces every dataset's execution options with the config's, taken from the
+    # global DataContext (preserve_order off): ask for the record order the datasets ask for
+    # (`dreamray.data.pipeline.map_chunks`). Exact resume does not depend on it
+    # (`dreamray.data.progress`), the reproducible record order for a seed does.
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return PerRankDataConfig(options)
 
 
 def _is_final(checkpoint: Any) -> bool:
@@ -164,7 +154,7 @@ def run_train_stage(
     run_name: str,
     artifact_dir: str,
     inputs: Mapping[str, str],
-) -> TrainOutcome:
+) -> StageOutcome:
     """Train one stage on a Ray Train gang and publish its artifact.
 
     Args:
@@ -192,35 +182,25 @@ def run_train_stage(
     return _publish(stage, name, run, checkpoint, artifact_dir, inputs, started)
 
 
-def _publish(stage, name, run, checkpoint, artifact_dir, inputs, started) -> TrainOutcome:
-    from dreamray.orchestration.manifest import (
-        build_manifest,
-        publish_dir,
-        staging_dir,
-        write_manifest,
-    )
+def _publish(stage, name, run, checkpoint, artifact_dir, inputs, started) -> StageOutcome:
+    from dreamray.files import atomic_dir
+    from dreamray.orchestration.manifest import ManifestRecord, build_manifest, write_manifest
     from dreamray.train.state import TrainState
     from dreamray.train.telemetry import HISTORY_FILE, read_history
 
     history = read_history(Path(run.run_dir) / HISTORY_FILE) if run.run_dir else []
     data = data_state_of(checkpoint)
     skipped = dict(data.counters.skipped) if data is not None else {}
-    tmp = staging_dir(artifact_dir)
-    try:
+    with atomic_dir(artifact_dir) as tmp:
         with checkpoint.as_directory() as d:
             shutil.copytree(Path(d) / ARTIFACT_SUBDIR, tmp, dirs_exist_ok=True)
             state = TrainState.from_json((Path(d) / "ranks/rank_0/train_state.json").read_text())
             metrics = json.loads((Path(d) / METRICS_FILE).read_text())
-        manifest = build_manifest(
-            tmp, stage=name, kind="train", spec_hash=run.spec_hash,
-            inputs=input_digests(inputs), steps=state.step, samples=state.samples_global,
-            metrics=metrics, skipped=skipped, run_name=run.run_name)
-        write_manifest(tmp, manifest)
-        final = publish_dir(tmp, artifact_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return TrainOutcome(
-        artifact_dir=str(final), steps=state.step, samples=state.samples_global,
+        write_manifest(tmp, build_manifest(tmp, ManifestRecord(
+            stage=name, kind=TRAIN_KIND, spec_hash=run.spec_hash, inputs=input_digests(inputs),
+            steps=state.step, samples=state.samples_global, metrics=metrics,
+            details={"skipped": skipped, "run_name": run.run_name})))
+    return StageOutcome(
+        artifact_dir=str(artifact_dir), steps=state.step, samples=state.samples_global,
         metrics=metrics, checkpoint=checkpoint.path, skipped=skipped,
         started_at=started, ended_at=time.time(), history=history)

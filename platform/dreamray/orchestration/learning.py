@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from dreamray.config import RecipeSpec
-from dreamray.config.specs import BASE_SOURCE, STAGE_REF_PREFIX, is_stage_ref
+from dreamray.contracts import BASE_SOURCE, StageRef
 from dreamray.evals.results import RESULT_FILE
 from dreamray.orchestration.ledger import StageRecord, artifact_rel
 from dreamray.orchestration.storage import RunStorage
@@ -96,8 +96,8 @@ def learning_rows(storage: RunStorage, recipe: RecipeSpec, ids: Mapping[str, str
     def rank(model: str) -> int:
         if model == BASE_SOURCE:
             return -1
-        ref = model[len(STAGE_REF_PREFIX):] if is_stage_ref(model) else None
-        return order.index(ref) if ref in order else len(order)
+        ref = StageRef.parse(model)
+        return order.index(ref.name) if ref is not None and ref.name in order else len(order)
 
     return sorted(rows.values(), key=lambda r: rank(r.model))
 

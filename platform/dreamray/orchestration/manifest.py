@@ -8,19 +8,58 @@ run skip a finished stage, and what makes a corrupted file a re-run instead of a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dreamray.contracts import STAGE_FILE
+from dreamray.files import atomic_write_json, sha256_file
 from dreamray.orchestration.identity import sha256_text
-from dreamray.orchestration.storage import RunStorage, StorageError, sha256_file
+from dreamray.orchestration.storage import RunStorage, StorageError
 
-STAGE_JSON = "stage.json"
 MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    """What a stage says of its artifact in `stage.json`, besides the files' hashes.
+
+    Attributes:
+        stage: the stage's name.
+        kind: its kind (`dreamray.contracts` TRAIN_KIND, MERGE_KIND, EVAL_KIND).
+        spec_hash: the hash of its spec.
+        identity: its identity (spec and inputs), where the executor has it.
+        inputs: input stage -> artifact digest.
+        steps: optimizer steps run.
+        samples: samples consumed.
+        metrics: its final metrics.
+        details: kind-specific entries written beside the others (a train stage's `skipped`
+            and `run_name`, a merge's `picked`).
+    """
+
+    stage: str
+    kind: str
+    spec_hash: str | None = None
+    identity: str | None = None
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    steps: int = 0
+    samples: int = 0
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record's `stage.json` entries (None-valued ones left out)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "details" and getattr(self, f.name) is not None}
+        clash = sorted(set(out) & set(self.details))
+        if clash:
+            raise ValueError(f"ManifestRecord.details repeats the record's own keys {clash}")
+        return {**out, "inputs": dict(self.inputs), "metrics": dict(self.metrics),
+                **self.details}
 
 
 def hash_files(artifact_dir: str | os.PathLike) -> dict[str, str]:
@@ -33,7 +72,7 @@ def hash_files(artifact_dir: str | os.PathLike) -> dict[str, str]:
         Relative POSIX path -> hex sha256, sorted by path.
     """
     root = Path(artifact_dir)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != STAGE_JSON)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != STAGE_FILE)
     return {p.relative_to(root).as_posix(): sha256_file(p) for p in files}
 
 
@@ -56,34 +95,29 @@ def manifest_files(manifest: Mapping[str, Any]) -> dict[str, str]:
     """
     files = manifest.get("files") if isinstance(manifest, Mapping) else None
     if not isinstance(files, Mapping) or not files:
-        raise ValueError("stage.json has no 'files' map of relative path -> sha256")
-    out = {}
-    for rel, value in files.items():
-        # Accept {"path": "hex"} and {"path": {"sha256": "hex", ...}}: both carry the hash.
-        digest = value.get("sha256") if isinstance(value, Mapping) else value
-        if not isinstance(digest, str):
-            raise ValueError(f"stage.json: file {rel!r} has no sha256")
-        out[str(rel)] = digest
-    return out
+        raise ValueError(f"{STAGE_FILE} has no 'files' map of relative path -> sha256")
+    bad = sorted(str(rel) for rel, digest in files.items() if not isinstance(digest, str))
+    if bad:
+        raise ValueError(f"{STAGE_FILE}: files {bad} have no sha256 string")
+    return {str(rel): digest for rel, digest in files.items()}
 
 
-def build_manifest(artifact_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
+def build_manifest(artifact_dir: str | os.PathLike, record: ManifestRecord) -> dict[str, Any]:
     """A manifest for a finished local artifact directory.
 
     Args:
         artifact_dir: the directory whose files are hashed.
-        **fields: stage, kind, spec_hash, identity, inputs, steps, samples, metrics, ...
+        record: what the stage says of the artifact.
 
     Returns:
         The manifest dict, `files` filled in.
     """
-    return {"format": MANIFEST_FORMAT, **fields, "files": hash_files(artifact_dir)}
+    return {"format": MANIFEST_FORMAT, **record.to_json(), "files": hash_files(artifact_dir)}
 
 
 def write_manifest(artifact_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> None:
-    """Write `stage.json` into a local directory."""
-    text = json.dumps(dict(manifest), indent=2, sort_keys=True) + "\n"
-    (Path(artifact_dir) / STAGE_JSON).write_text(text)
+    """Write `stage.json` into a local directory (atomically: its presence means complete)."""
+    atomic_write_json(Path(artifact_dir) / STAGE_FILE, dict(manifest))
 
 
 def read_manifest(storage: RunStorage, artifact_rel: str) -> dict[str, Any]:
@@ -92,9 +126,9 @@ def read_manifest(storage: RunStorage, artifact_rel: str) -> dict[str, Any]:
     Raises:
         StorageError: if the file is missing or not JSON.
     """
-    rel = f"{artifact_rel}/{STAGE_JSON}"
+    rel = f"{artifact_rel}/{STAGE_FILE}"
     if not storage.exists(rel):
-        raise StorageError(f"{storage.uri_of(artifact_rel)}: no {STAGE_JSON}")
+        raise StorageError(f"{storage.uri_of(artifact_rel)}: no {STAGE_FILE}")
     return storage.read_json(rel)
 
 
@@ -120,25 +154,3 @@ def verify_artifact(storage: RunStorage, artifact_rel: str) -> tuple[str | None,
         elif storage.sha256(path) != expected:
             problems.append(f"{rel}: sha256 mismatch (stage.json says {expected[:12]}...)")
     return (None if problems else artifact_digest(files)), problems
-
-
-def staging_dir(final_dir: str | os.PathLike) -> Path:
-    """A fresh temp directory next to `final_dir`, for an atomic `publish_dir`."""
-    final = Path(final_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{uuid.uuid4().hex[:8]}-{final.name}"
-    tmp.mkdir()
-    return tmp
-
-
-def publish_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Path:
-    """Atomically move a finished temp directory to its final name.
-
-    An existing `final_dir` (a stale or corrupted earlier output of the same identity) is
-    removed first; the rename itself is atomic, so readers never see a half-written directory.
-    """
-    final = Path(final_dir)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp_dir, final)
-    return final

@@ -23,38 +23,39 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dreamray.config.specs import MergeStageSpec, is_stage_ref
+from dreamray.config.specs import MergeStageSpec
+from dreamray.contracts import (
+    CONFIG_FILE,
+    DIFFUSION_PLUGIN,
+    DREAM_PLUGIN,
+    MERGE_KIND,
+    PLUGIN_FILES,
+    PROCESSOR_FILE,
+    STAGE_FILE,
+    TOKENIZER_FILES,
+    VISION_PLUGIN,
+    StageRef,
+)
+from dreamray.files import atomic_dir, sha256_file
 from dreamray.orchestration.context import StageContext, StageOutcome
 from dreamray.orchestration.manifest import (
-    STAGE_JSON,
+    ManifestRecord,
     build_manifest,
     manifest_files,
-    publish_dir,
-    staging_dir,
     write_manifest,
 )
-from dreamray.orchestration.storage import sha256_file
 
-PLUGIN_FILES = {
-    "clip_vision_embedding": "clip_vision_embedding.bin",
-    "dream_embedding": "dream_embedding.bin",
-    "stable_diffusion_head": "stable_diffusion_head.bin",
-}
+# Keys each plugin file must have (the reference's key layout, as `model/artifact.py` writes it).
 REQUIRED_PREFIXES = {
-    "clip_vision_embedding": ("clip_vision_model.vision_model.", "projector.projector."),
-    "dream_embedding": ("dream_queries",),
-    "stable_diffusion_head": ("vae.", "unet.", "projector.projector."),
+    VISION_PLUGIN: ("clip_vision_model.vision_model.", "projector.projector."),
+    DREAM_PLUGIN: ("dream_queries",),
+    DIFFUSION_PLUGIN: ("vae.", "unet.", "projector.projector."),
 }
-CONFIG_FILE = "config.json"
-# Carried besides config.json when present: the tokenizer files HF may write, and the CLIP
-# image processor config of the artifact.
-CARRIED_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja",
-    "preprocessor_config.json",
-)
+# Carried besides config.json when present: the tokenizer files and the CLIP image processor
+# config of the artifact.
+CARRIED_FILES = (*TOKENIZER_FILES, PROCESSOR_FILE)
 # The plugin whose source also provides config.json and the tokenizer files.
-CARRIER_PLUGIN = "clip_vision_embedding"
+CARRIER_PLUGIN = VISION_PLUGIN
 
 
 class MergeError(ValueError):
@@ -76,11 +77,11 @@ def resolve_sources(stage: MergeStageSpec, inputs: dict[str, str]) -> dict[str, 
     """
     out = {}
     for plugin, source in stage.merge.model_dump().items():
-        if is_stage_ref(source):
-            ref = source.split(":", 1)[1]
-            if ref not in inputs:
-                raise MergeError(f"merge.{plugin}: no artifact of stage {ref!r} was given")
-            out[plugin] = Path(inputs[ref])
+        ref = StageRef.parse(source)
+        if ref is not None:
+            if ref.name not in inputs:
+                raise MergeError(f"merge.{plugin}: no artifact of stage {ref.name!r} was given")
+            out[plugin] = Path(inputs[ref.name])
         else:
             out[plugin] = Path(source)
     return out
@@ -92,7 +93,7 @@ def expected_sha256(source: Path, filename: str) -> str | None:
     Raises:
         MergeError: if the source has a stage.json that does not list the file.
     """
-    manifest_path = source / STAGE_JSON
+    manifest_path = source / STAGE_FILE
     if not manifest_path.exists():
         return None  # a plain directory, e.g. a released checkpoint: hashed, not cross-checked
     files = manifest_files(json.loads(manifest_path.read_text()))
@@ -214,8 +215,7 @@ def run_merge_stage(stage: MergeStageSpec, ctx: StageContext) -> StageOutcome:
     problems += check_same_tokenizer(sources)
     if problems:
         raise MergeError("merge: " + "; ".join(problems))
-    tmp = staging_dir(ctx.artifact_dir)
-    try:
+    with atomic_dir(ctx.artifact_dir) as tmp:
         for plugin, filename in PLUGIN_FILES.items():
             shutil.copy2(sources[plugin] / filename, tmp / filename)
         carrier = sources[CARRIER_PLUGIN]
@@ -223,15 +223,12 @@ def run_merge_stage(stage: MergeStageSpec, ctx: StageContext) -> StageOutcome:
             shutil.copy2(carrier / filename, tmp / filename)
         origin = {PLUGIN_FILES[p]: {"source": str(sources[p]), "sha256": picked[p]}
                   for p in PLUGIN_FILES}
-        manifest = build_manifest(
-            tmp, stage=ctx.name, kind="merge", spec_hash=ctx.spec_hash, identity=ctx.identity,
-            inputs=dict(ctx.input_digests), steps=0, samples=0, metrics={}, picked=origin)
+        manifest = build_manifest(tmp, ManifestRecord(
+            stage=ctx.name, kind=MERGE_KIND, spec_hash=ctx.spec_hash, identity=ctx.identity,
+            inputs=ctx.input_digests, details={"picked": origin}))
         changed = [f for f, o in origin.items() if manifest["files"][f] != o["sha256"]]
         if changed:
             raise MergeError(f"merge: {changed} changed while being copied")
         write_manifest(tmp, manifest)
-        final = publish_dir(tmp, ctx.artifact_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return StageOutcome(artifact_dir=str(final), started_at=started, ended_at=time.time())
+    return StageOutcome(artifact_dir=str(ctx.artifact_dir), started_at=started,
+                        ended_at=time.time())

@@ -1,22 +1,18 @@
 """The resolved recipe DAG as text: what `full_recipe.py --dry-run` prints.
 
 Per stage: what it reads, trains and asks for, its identity, what the run directory's ledger
-holds for it, the DeepSpeed dict its workers will get and, where `dreamray.model` provides it,
-the trainable parameter counts and memory plan. Imports neither Ray nor DeepSpeed.
+holds for it, the DeepSpeed dict its workers will get, and the trainable parameter counts and
+memory plan (`dreamray.model.memory`). Imports neither Ray nor DeepSpeed.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 
 from dreamray.config import RecipeSpec, TrainStageSpec
 from dreamray.config.specs import BASE_SOURCE
 from dreamray.data.pipeline import MAP_ACTOR_CPUS
 from dreamray.orchestration.identity import stage_identities, stage_key
-
-# The model plan hook: `dreamray.model.<module>.<function>(stage, shapes_only=bool) -> [lines]`.
-MODEL_PLAN_HOOK = ("dreamray.model.memory", "describe_stage_plan")
 
 
 def describe_recipe(recipe: RecipeSpec, run_dir: str | None = None,
@@ -70,18 +66,14 @@ def _ledger_states(run_dir: str, ids: dict[str, str]) -> dict[str, str]:
 
 
 def _train_extras(stage: TrainStageSpec, shapes_only: bool) -> list[str]:
+    # imported here: the memory plan needs torch, which the CLI's start-up does not
+    from dreamray.model.memory import describe_stage_plan
     from dreamray.train.ds_config import deepspeed_config
 
     ds = deepspeed_config(stage.deepspeed, world_size=stage.scaling.num_workers,
                           grad_accumulation_steps=stage.grad_accumulation_steps)
-    lines = [f"  deepspeed dict: {json.dumps(ds, sort_keys=True)}"]
-    module_name, function = MODEL_PLAN_HOOK
-    try:
-        plan = getattr(importlib.import_module(module_name), function)
-    except (ImportError, AttributeError):
-        return lines + [f"  params / memory plan: not available ({module_name}.{function} "
-                        "does not exist yet)"]
-    return lines + [f"  {line}" for line in plan(stage, shapes_only=shapes_only)]
+    plan = describe_stage_plan(stage, shapes_only=shapes_only)
+    return [f"  deepspeed dict: {json.dumps(ds, sort_keys=True)}", *(f"  {line}" for line in plan)]
 
 
 def parallel_levels(recipe: RecipeSpec) -> list[list[str]]:

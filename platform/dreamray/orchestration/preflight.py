@@ -13,9 +13,8 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from dreamray.config.specs import BASE_SOURCE, STAGE_REF_PREFIX, TrainStageSpec, is_stage_ref
-
-ARTIFACT_CONFIG = "config.json"
+from dreamray.config.specs import TrainStageSpec
+from dreamray.contracts import BASE_SOURCE, CONFIG_FILE, STAGE_FILE, StageRef
 
 
 class StageCheckError(ValueError):
@@ -32,15 +31,15 @@ def _init_dirs(stage: TrainStageSpec, inputs: Mapping[str, str]) -> tuple[dict, 
         source = getattr(stage.init, field)
         if source == BASE_SOURCE:
             continue
-        if is_stage_ref(source):
-            ref = source[len(STAGE_REF_PREFIX):]
-            if ref not in inputs:
+        ref = StageRef.parse(source)
+        if ref is not None:
+            if ref.name not in inputs:
                 problems.append(f"init.{field}: {source} has no input artifact (inputs: "
                                 f"{sorted(inputs)})")
                 continue
-            source = inputs[ref]
-        if not (Path(source) / ARTIFACT_CONFIG).is_file():
-            problems.append(f"init.{field}: {source} is not an artifact dir (no {ARTIFACT_CONFIG})")
+            source = inputs[ref.name]
+        if not (Path(source) / CONFIG_FILE).is_file():
+            problems.append(f"init.{field}: {source} is not an artifact dir (no {CONFIG_FILE})")
         resolved[field] = source
     return resolved, problems
 
@@ -116,16 +115,11 @@ def input_digests(inputs: Mapping[str, str]) -> dict[str, str]:
     Returns:
         stage name -> digest (`dreamray.orchestration.manifest.artifact_digest`).
     """
-    from dreamray.orchestration.manifest import (
-        STAGE_JSON,
-        artifact_digest,
-        hash_files,
-        manifest_files,
-    )
+    from dreamray.orchestration.manifest import artifact_digest, hash_files, manifest_files
 
     out = {}
     for name, directory in sorted(inputs.items()):
-        manifest = Path(directory) / STAGE_JSON
+        manifest = Path(directory) / STAGE_FILE
         files = (manifest_files(json.loads(manifest.read_text())) if manifest.is_file()
                  else hash_files(directory))
         out[name] = artifact_digest(files)

@@ -13,6 +13,7 @@ from typing import Any
 import ray
 from ray.util.metrics import Gauge
 
+from dreamray.config.specs import AnyStageSpec
 from dreamray.orchestration.backends import ClusterSnapshot
 from dreamray.orchestration.context import Executor, StageError, StageOutcome
 from dreamray.orchestration.executors import StageTask, execute_stage
@@ -21,7 +22,7 @@ STATE_CODES = {"pending": 0, "running": 1, "done": 2, "skipped": 3, "failed": 4,
 
 
 @ray.remote(num_cpus=0, max_retries=0)
-def stage_task(executor: Executor, stage: Any, task: StageTask) -> StageOutcome:
+def stage_task(executor: Executor, stage: AnyStageSpec, task: StageTask) -> StageOutcome:
     """The Ray task of one stage (see `execute_stage`)."""
     return execute_stage(executor, stage, task)
 
@@ -77,7 +78,7 @@ class RayBackend:
         return ClusterSnapshot(nodes=nodes, total=dict(ray.cluster_resources()),
                                available=dict(ray.available_resources()))
 
-    def submit(self, name: str, executor: Executor, stage: Any, task: StageTask) -> Any:
+    def submit(self, name: str, executor: Executor, stage: AnyStageSpec, task: StageTask) -> Any:
         """Start the stage's Ray task.
 
         Its runtime env (inherited by the Train controller and workers it starts; env vars

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from dreamray.config.specs import ScalingSpec, TrainStageSpec
+from dreamray.config.specs import AnyStageSpec, MergeStageSpec, TrainStageSpec
 from dreamray.data.pipeline import MAP_ACTOR_CPUS
 
 Bundle = dict[str, float]
 _EPS = 1e-9  # resources are floats (fractional GPUs): compare with a tolerance
 
 
-def stage_bundles(stage: object) -> list[Bundle]:
+def stage_bundles(stage: AnyStageSpec) -> list[Bundle]:
     """The bundles of one stage's gang.
 
     Args:
@@ -31,16 +31,12 @@ def stage_bundles(stage: object) -> list[Bundle]:
     Returns:
         One bundle per worker; empty for a stage that needs no workers.
     """
-    scaling = getattr(stage, "scaling", None)
-    if not isinstance(scaling, ScalingSpec):
+    if isinstance(stage, MergeStageSpec):
         return []
-    bundle: Bundle = {"CPU": scaling.cpus_per_worker}
-    if scaling.use_gpu and scaling.gpus_per_worker > 0:
-        bundle["GPU"] = scaling.gpus_per_worker
-    return [dict(bundle) for _ in range(scaling.num_workers)]
+    return [stage.scaling.worker_resources() for _ in range(stage.scaling.num_workers)]
 
 
-def data_bundles(stage: object) -> list[Bundle]:
+def data_bundles(stage: AnyStageSpec) -> list[Bundle]:
     """What the stage's Ray Data map actors hold while it runs: one bundle per actor.
 
     Args:
@@ -55,7 +51,7 @@ def data_bundles(stage: object) -> list[Bundle]:
     return [{"CPU": MAP_ACTOR_CPUS} for _ in range(stage.map_actors)]
 
 
-def stage_demand(stage: object) -> list[Bundle]:
+def stage_demand(stage: AnyStageSpec) -> list[Bundle]:
     """Everything the stage holds while it runs: its gang's bundles and its data bundles.
 
     Args:

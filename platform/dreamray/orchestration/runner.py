@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dreamray.config import RecipeSpec, TrainStageSpec
-from dreamray.config.specs import is_stage_ref
+from dreamray.contracts import MERGE_KIND, StageRef
 from dreamray.orchestration.backends import Backend
 from dreamray.orchestration.context import Executor, StageContext, StageError
 from dreamray.orchestration.dag import DagState
@@ -189,11 +189,11 @@ class DagRunner:
 
     def _recipe_problems(self) -> list[str]:
         problems = []
-        merges = {n for n, s in self.recipe.stages.items() if s.kind == "merge"}
+        merges = {n for n, s in self.recipe.stages.items() if s.kind == MERGE_KIND}
         for name in self.dag.targets():
             stage = self.recipe.stages[name]
-            if isinstance(stage, TrainStageSpec) and is_stage_ref(stage.init.llm) \
-                    and stage.init.llm.split(":", 1)[1] in merges:
+            llm_ref = StageRef.parse(stage.init.llm) if isinstance(stage, TrainStageSpec) else None
+            if llm_ref is not None and llm_ref.name in merges:
                 problems.append(f"stages.{name}.init.llm: a merge artifact carries no LLM "
                                 "weights (only plugins, config and tokenizer); use base")
             if stage.kind not in self.executors:

@@ -165,12 +165,3 @@ def pa_errors() -> tuple[type[BaseException], ...]:
     import pyarrow as pa
 
     return (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, OSError)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a local file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dreamray.config.specs import BASE_SOURCE, TrainStageSpec
+from dreamray.config.specs import TrainStageSpec
+from dreamray.contracts import BASE_SOURCE
 from dreamray.model.groups import PLUGIN_GROUP_PREFIXES, freeze_all_but
 from dreamray.train.ds_config import deepspeed_config
 from dreamray.train.loop import SkippableAdamW
@@ -45,8 +46,9 @@ def build_stage_model(stage: TrainStageSpec) -> nn.Module:
     Raises:
         ValueError: for an LLM artifact with base plugins (no such recipe; ambiguous).
     """
-    from dreamray.model.artifact import load_dreamllm, load_plugins_into
+    from dreamray.model.artifact import load_plugins_into
     from dreamray.model.build import build_dreamllm
+    from dreamray.model.dreamllm import DreamLLM
 
     llm, plugins = stage.init.llm, stage.init.plugins
     if llm == BASE_SOURCE:
@@ -56,7 +58,7 @@ def build_stage_model(stage: TrainStageSpec) -> nn.Module:
     elif plugins == BASE_SOURCE:
         raise ValueError(f"init.llm={llm!r} with init.plugins=base is not supported")
     else:
-        model = load_dreamllm(llm, spec=stage.model)
+        model = DreamLLM.from_pretrained(llm, spec=stage.model)
         if plugins != llm:
             load_plugins_into(model, plugins)
     return model.train()

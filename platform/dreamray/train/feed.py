@@ -2,10 +2,11 @@
 resumable position; or, for in-process tests and benchmarks, a plain iterator of batches.
 
 Resume safety net: the dataset the driver built leaves out the positions consumed up to the
-checkpoint it resumed from (`build_stage_dataset(resume=...)`). After Ray Train restarts a worker
-group inside the same `fit()`, the dataset may have been built from an older checkpoint than
-the one the workers restore; the positions the restored checkpoint already consumed are then
-dropped here before batching, so no sample is ever trained on twice.
+checkpoint it resumed from (`dreamray.orchestration.train_data.build_rank_dataset(resume=...)`).
+After Ray Train restarts a worker group inside the same `fit()`, the dataset may have been
+built from an older checkpoint than the one the workers restore; the positions the restored
+checkpoint already consumed are then dropped here before batching, so no sample is ever
+trained on twice.
 """
 
 from __future__ import annotations

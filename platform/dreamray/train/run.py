@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dreamray.config.specs import BASE_SOURCE, TrainStageSpec
+from dreamray.config.specs import TrainStageSpec
+from dreamray.contracts import BASE_SOURCE
 
 ARTIFACT_SUBDIR = "artifact"
 METRICS_FILE = "metrics.json"  # rank 0's last step metrics, in every checkpoint

@@ -56,7 +56,7 @@ def init_process_group(stage: TrainStageSpec) -> None:
                     "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
         for key, value in defaults.items():
             os.environ.setdefault(key, value)
-    deepspeed.init_distributed(dist_backend="nccl" if stage.scaling.use_gpu else "gloo")
+    deepspeed.init_distributed(dist_backend=stage.scaling.dist_backend)
 
 
 def _gang_meta(stage: TrainStageSpec, world_size: int) -> dict[str, Any]:

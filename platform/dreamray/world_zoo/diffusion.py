@@ -14,6 +14,7 @@ import torch
 
 from dreamray import zoo
 from dreamray.data.world.scene import BACKGROUND, WorldSpec
+from dreamray.model.layouts import sd_scheduler_kwargs
 from dreamray.world_zoo.samples import WorldSamples
 from dreamray.world_zoo.training import LossCurve, batch_indices, train_steps
 
@@ -139,7 +140,7 @@ def train_unet(latents: torch.Tensor, text_encoder: Any, tok: Any, samples: Worl
 
     torch.manual_seed(seed + 2)
     unet = world_unet(latents.shape[-1])
-    schedule = DDPMScheduler(**zoo.sd_scheduler_kwargs(PREDICTION_TYPE))
+    schedule = DDPMScheduler(**sd_scheduler_kwargs(PREDICTION_TYPE))
 
     def loss_of_step(step: int, g: torch.Generator) -> torch.Tensor:
         idx = batch_indices(g, len(latents), batch_size)
@@ -174,7 +175,7 @@ def sample_images(vae: Any, unet: Any, conditions: torch.Tensor, unconditional: 
     """
     from diffusers import DDIMScheduler
 
-    scheduler = DDIMScheduler(**zoo.sd_scheduler_kwargs(PREDICTION_TYPE))
+    scheduler = DDIMScheduler(**sd_scheduler_kwargs(PREDICTION_TYPE))
     scheduler.set_timesteps(steps)
     size = unet.config.sample_size
     g = torch.Generator().manual_seed(seed)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from dreamray import zoo
 from dreamray.data.world.scene import Scene, WorldSpec
+from dreamray.model.layouts import CLIP_MEAN, CLIP_STD, clip_processor
 from dreamray.model.tokens import IGNORE_INDEX
 from dreamray.world_zoo.samples import WorldSamples
 from dreamray.world_zoo.training import LossCurve, batch_indices, train_steps
@@ -61,8 +62,8 @@ def attribute_targets(scenes: list[Scene], spec: WorldSpec) -> torch.Tensor:
 
 def clip_pixels(pixels: torch.Tensor) -> torch.Tensor:
     """[-1, 1] images normalised as the CLIP processor does (its size is the world's)."""
-    mean = torch.tensor(zoo.CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(zoo.CLIP_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     return ((pixels + 1) / 2 - mean) / std
 
 
@@ -101,6 +102,6 @@ def train_vision(out_dir: Path, samples: WorldSamples, spec: WorldSpec, steps: i
         idx = torch.arange(train_n, len(pixels))
         right = (logits(idx) > 0).float() == targets[idx]
     model.save_pretrained(out_dir)
-    zoo.clip_processor(CLIPImageProcessor, spec.image_size).save_pretrained(out_dir)
+    clip_processor(CLIPImageProcessor, spec.image_size).save_pretrained(out_dir)
     return curve, {"heldout_label_accuracy": float(right.float().mean()),
                    "heldout_exact_match": float(right.all(dim=1).float().mean())}

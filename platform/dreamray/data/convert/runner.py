@@ -7,8 +7,6 @@ either is complete (has its manifest) or does not exist.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from dreamray.data.manifest import (
     check_accounting,
     write_outputs,
 )
+from dreamray.files import atomic_dir
 
 
 class BadInputError(RuntimeError):
@@ -252,10 +251,7 @@ def run_conversion(req: ConvertRequest) -> dict:
     _check_request(req)
     start = time.perf_counter()
     files = _input_files(req)
-    req.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = req.output.parent / f".{req.output.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(req.output) as tmp:
         units, results = plan_units(files, req)
         if not _must_stop(results, req):
             run = _run_ray if req.use_ray else _run_local
@@ -274,11 +270,6 @@ def run_conversion(req: ConvertRequest) -> dict:
         check_accounting(manifest)
         rejects = [r for res in results if res.error is None for r in res.rejects]
         write_outputs(tmp, manifest, rejects)
-        if req.output.exists():
-            shutil.rmtree(req.output)
-        os.replace(tmp, req.output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     record_run(req.ctx.source, len(manifest["files_skipped"]), manifest["rows_per_second"])
     return manifest
 

@@ -37,6 +37,8 @@ CONFIG_FILE = "config.json"
 LLM_WEIGHTS = "model.safetensors"
 RELEASED_WEIGHTS = "pytorch_model.bin"
 PROCESSOR_FILE = "preprocessor_config.json"
+# A diffusers pipeline dir's index (`unet/`, `vae/`, `scheduler/`, ...).
+MODEL_INDEX_FILE = "model_index.json"
 # The tokenizer files Hugging Face may write for the tokenizers we load.
 TOKENIZER_FILES: tuple[str, ...] = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",

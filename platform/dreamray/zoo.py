@@ -25,10 +25,12 @@ import os
 import random
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dreamray.contracts import MODEL_INDEX_FILE
 from dreamray.files import atomic_write_json, publish_dir
 from dreamray.model.layouts import clip_processor, model_index, sd_scheduler_kwargs
 
@@ -223,7 +225,7 @@ def write_scheduler_and_index(out_dir: Path, text_encoder: bool = False,
     if text_encoder:
         index.update(text_encoder=["transformers", "CLIPTextModel"],
                      tokenizer=["transformers", "PreTrainedTokenizerFast"])
-    atomic_write_json(out_dir / "model_index.json", index)
+    atomic_write_json(out_dir / MODEL_INDEX_FILE, index)
 
 
 def _build_diffusion(out_dir: Path, seed: int) -> None:
@@ -296,14 +298,7 @@ def build_tiny_zoo(out: Path, seed: int = 0) -> ZooPaths:
     """
     import torch
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    names = (LLM_DIR, VISION_DIR, DIFFUSION_DIR)
-    stamp = {"kind": "tiny", "seed": seed, "version": ZOO_VERSION}
-    if check_reusable(out, names, stamp):
-        return _paths(out)
-    with tempfile.TemporaryDirectory(prefix=".zoo-build-", dir=out) as tmp:
-        staging = Path(tmp)
+    def build(staging: Path) -> None:
         # the RNG state is global: save and restore it so building a zoo has no side effect
         rng_state = torch.random.get_rng_state()
         try:
@@ -312,8 +307,8 @@ def build_tiny_zoo(out: Path, seed: int = 0) -> ZooPaths:
             _build_diffusion(staging / DIFFUSION_DIR, seed)
         finally:
             torch.random.set_rng_state(rng_state)
-        install_zoo(staging, out, names, stamp)
-    return _paths(out)
+
+    return _build_stamped(Path(out), {"kind": "tiny", "seed": seed, "version": ZOO_VERSION}, build)
 
 
 def build_real_configs(out: Path) -> ZooPaths:
@@ -334,18 +329,23 @@ def build_real_configs(out: Path) -> ZooPaths:
     """
     from dreamray import zoo_real
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    names = (LLM_DIR, VISION_DIR, DIFFUSION_DIR)
-    stamp = {"kind": "real-configs", "version": ZOO_VERSION}
-    if check_reusable(out, names, stamp):
-        return _paths(out)
-    with tempfile.TemporaryDirectory(prefix=".zoo-build-", dir=out) as tmp:
-        staging = Path(tmp)
+    def build(staging: Path) -> None:
         zoo_real.write_llm(staging / LLM_DIR)
         zoo_real.write_vision(staging / VISION_DIR)
         zoo_real.write_diffusion(staging / DIFFUSION_DIR)
-        install_zoo(staging, out, names, stamp)
+
+    return _build_stamped(Path(out), {"kind": "real-configs", "version": ZOO_VERSION}, build)
+
+
+def _build_stamped(out: Path, stamp: dict[str, Any], build: Callable[[Path], None]) -> ZooPaths:
+    """Reuse the zoo under `out` if its stamp matches, else `build` it in a staging dir next to
+    it and install it (the stamp last)."""
+    out.mkdir(parents=True, exist_ok=True)
+    names = (LLM_DIR, VISION_DIR, DIFFUSION_DIR)
+    if not check_reusable(out, names, stamp):
+        with tempfile.TemporaryDirectory(prefix=".zoo-build-", dir=out) as tmp:
+            build(Path(tmp))
+            install_zoo(Path(tmp), out, names, stamp)
     return _paths(out)
 
 

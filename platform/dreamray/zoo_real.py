@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dreamray.contracts import CONFIG_FILE, MODEL_INDEX_FILE
 from dreamray.files import atomic_write_json as write_json
 from dreamray.model.layouts import clip_processor, model_index, sd_scheduler_kwargs
 
@@ -82,8 +83,8 @@ def write_diffusion(out_dir: Path) -> None:
     """
     for sub in ("unet", "vae", "scheduler"):
         (out_dir / sub).mkdir(parents=True)
-    write_json(out_dir / "unet" / "config.json", _unet_config())
-    write_json(out_dir / "vae" / "config.json", _vae_config())
+    write_json(out_dir / "unet" / CONFIG_FILE, _unet_config())
+    write_json(out_dir / "vae" / CONFIG_FILE, _vae_config())
     scheduler = {
         "_class_name": "PNDMScheduler",
         "_diffusers_version": SD21_DIFFUSERS_VERSION,
@@ -93,7 +94,7 @@ def write_diffusion(out_dir: Path) -> None:
         **sd_scheduler_kwargs(),
     }
     write_json(out_dir / "scheduler" / "scheduler_config.json", scheduler)
-    write_json(out_dir / "model_index.json", model_index(SD21_DIFFUSERS_VERSION, "PNDMScheduler"))
+    write_json(out_dir / MODEL_INDEX_FILE, model_index(SD21_DIFFUSERS_VERSION, "PNDMScheduler"))
 
 
 def _unet_config() -> dict:

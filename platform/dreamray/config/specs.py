@@ -283,8 +283,10 @@ class MergeStageSpec(Spec):
 
 FidProtocol = Literal["clean", "legacy_pytorch", "dreamllm"]
 FID_PROTOCOLS = get_args(FidProtocol)
-VQA_BENCHMARKS = ("vqav2", "okvqa", "textvqa", "vizwiz")
-VQA_PRESETS = ("vqav2", "okvqa", "textvqa", "vizwiz_val", "vizwiz_test")
+VqaBenchmark = Literal["vqav2", "okvqa", "textvqa", "vizwiz"]
+VQA_BENCHMARKS = get_args(VqaBenchmark)
+VqaPreset = Literal["vqav2", "okvqa", "textvqa", "vizwiz_val", "vizwiz_test"]
+VQA_PRESETS = get_args(VqaPreset)
 VqaVariant = Literal["official", "official_2021", "lmms", "dreamllm", "dreamllm_substring"]
 VQA_VARIANTS = get_args(VqaVariant)
 PAPER_SEEDS = (42, 43, 44, 45, 46, 47, 48, 49)
@@ -333,13 +335,13 @@ class CocoFidParams(Spec):
 class VqaParams(Spec):
     """A VQA benchmark (the reference's prompts and 5-beam decoding by default)."""
 
-    benchmark: Literal["vqav2", "okvqa", "textvqa", "vizwiz"]
+    benchmark: VqaBenchmark
     questions: str = Field(description="question file (single-file formats: the file)")
     annotations: str | None = Field(None, description="VQA-API annotations; none on test")
     images: str = Field(description="folder the question file's image names are relative to")
     split: Literal["val", "test"] = "val"
     omni_format: bool = Field(False, description="questions in the reference's OMNI format")
-    preset: Literal["vqav2", "okvqa", "textvqa", "vizwiz_val", "vizwiz_test"] | None = Field(
+    preset: VqaPreset | None = Field(
         None, description="prompt preset; null: the benchmark's (vizwiz: by split)"
     )
     variant: VqaVariant = "official"

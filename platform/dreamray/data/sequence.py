@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dreamray.contracts import CONFIG_FILE
 from dreamray.data.mixing import stable_key
 from dreamray.data.schema import (
     DREAM_PLACEHOLDER,
@@ -85,7 +86,7 @@ class SequenceLayout:
         Returns:
             The layout.
         """
-        config = json.loads((Path(vision_path) / "config.json").read_text())
+        config = json.loads((Path(vision_path) / CONFIG_FILE).read_text())
         config = config.get("vision_config", config)  # a full CLIPModel config nests it
         side = int(config["image_size"]) // int(config["patch_size"])
         return cls(num_patches=side * side, num_queries=num_queries, max_length=max_length)

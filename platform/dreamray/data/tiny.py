@@ -8,11 +8,11 @@ and is idempotent: a source whose manifest exists is skipped, existing sources a
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from dreamray.asset_cli import asset_parser
 from dreamray.data.convert import ConvertRequest, ReadContext, ensure_ray, run_conversion
 from dreamray.data.manifest import MANIFEST_NAME
 from dreamray.data.synthetic import LAYOUT_FILE, SourceLayout, read_layouts, write_synthetic
@@ -99,12 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         Exit code 0.
     """
-    parser = argparse.ArgumentParser(prog="python -m dreamray.data.tiny")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-cpus", type=int, default=None)
-    parser.add_argument("--no-ray", action="store_true")
-    args = parser.parse_args(argv)
+    args = asset_parser("dreamray.data.tiny", ray_options=True).parse_args(argv)
     if not args.no_ray:
         ensure_ray(args.num_cpus)
     print_conversions(build_tiny_data(args.out, args.seed, not args.no_ray, True))

@@ -12,7 +12,6 @@ loaders as the real sets; only the sizes differ. Idempotent: an existing set is 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dreamray.asset_cli import asset_parser, print_listing
 from dreamray.evals.synthetic_images import write_varied_images
 
 _OBJECTS = ("dog", "cat", "red bus", "kite", "pizza", "boat", "train", "horse", "clock", "bird")
@@ -113,12 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         Exit code 0.
     """
-    parser = argparse.ArgumentParser(prog="python -m dreamray.evals.tiny")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    for name, path in build_tiny_evals(args.out, args.seed).__dict__.items():
-        print(f"{name:<18} {path}")
+    args = asset_parser("dreamray.evals.tiny").parse_args(argv)
+    print_listing(vars(build_tiny_evals(args.out, args.seed)), width=18)
     return 0
 
 

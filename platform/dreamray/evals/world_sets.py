@@ -11,13 +11,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dreamray.asset_cli import asset_parser, print_listing
 from dreamray.data.world.scene import WorldSpec, render_scene, sample_scene
 from dreamray.data.world.text import caption, questions
 from dreamray.metrics.vqa import NUM_ANSWERS
@@ -183,14 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         Exit code 0.
     """
-    parser = argparse.ArgumentParser(prog="python -m dreamray.evals.world_sets")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = asset_parser("dreamray.evals.world_sets")
     parser.add_argument("--image-size", type=int, default=WorldSpec().image_size)
     args = parser.parse_args(argv)
     paths = write_world_evals(args.out, WorldSpec(image_size=args.image_size), args.seed)
-    for name, path in vars(paths).items():
-        print(f"{name:<16} {path}")
+    print_listing(vars(paths))
     return 0
 
 

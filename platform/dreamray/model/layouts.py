@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dreamray.contracts import CONFIG_FILE
+
 # OpenAI CLIP's normalisation (CLIP ViT-L/14's preprocessor_config.json).
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -28,8 +30,8 @@ def diffusion_resolution(diffusion_dir: str | Path) -> int:
         The image side in pixels (512 for SD 2.1-base).
     """
     root = Path(diffusion_dir)
-    unet = json.loads((root / "unet" / "config.json").read_text())
-    vae = json.loads((root / "vae" / "config.json").read_text())
+    unet = json.loads((root / "unet" / CONFIG_FILE).read_text())
+    vae = json.loads((root / "vae" / CONFIG_FILE).read_text())
     return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 

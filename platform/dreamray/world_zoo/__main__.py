@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from dataclasses import fields
-from pathlib import Path
 
+from dreamray.asset_cli import asset_parser
 from dreamray.world_zoo import REPORT_FILE, WorldZooSettings, build_world_zoo
 
 
@@ -21,10 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         Exit code 0.
     """
-    parser = argparse.ArgumentParser(prog="python -m dreamray.world_zoo",
-                                     description="the pretrained tiny zoo of the shapes world")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = asset_parser("dreamray.world_zoo", "the pretrained tiny zoo of the shapes world")
     for f in fields(WorldZooSettings):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=f.default)
     args = parser.parse_args(argv)

@@ -8,17 +8,15 @@ The document part is validated exactly like MMC4 (`base.build_document`).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 from dreamray.data.convert.base import (
     Item,
+    JsonListReader,
     ReadContext,
     Reject,
     build_document,
     image_file_loader,
-    read_json_source,
 )
-from dreamray.data.convert.base import read_records as _read_records
 from dreamray.data.schema import REASON_EMPTY_INSTRUCTION, REASON_MALFORMED
 
 
@@ -42,34 +40,4 @@ def convert_record(rid: str, record: dict, ctx: ReadContext) -> Iterator[Item]:
         yield from build_document(rid, record, ctx, image_file_loader(ctx), instruction)
 
 
-def read_file(path: Path, ctx: ReadContext) -> Iterator[Item]:
-    """Read an InstructMMC4 `.json` list (or `.jsonl`).
-
-    Args:
-        path: the input file.
-        ctx: read context.
-
-    Yields:
-        One row or Reject per record.
-
-    Raises:
-        ValueError: without an image directory, or when the file is not a JSON list.
-    """
-    if ctx.images is None:
-        raise ValueError("instruct_mmc4 needs an image directory (--images)")
-    yield from read_json_source(path, ctx, convert_record)
-
-
-def read_records(records: list, offset: int, path: Path, ctx: ReadContext) -> Iterator[Item]:
-    """Convert a slice of an InstructMMC4 JSON list (see `base.read_records`).
-
-    Args:
-        records: the slice.
-        offset: index of its first record in the file.
-        path: the input file.
-        ctx: read context.
-
-    Yields:
-        One row or Reject per record.
-    """
-    yield from _read_records(records, offset, path, ctx, convert_record)
+READER = JsonListReader("instruct_mmc4", convert_record)

@@ -10,16 +10,14 @@ starting with the user, with at least one assistant turn. The i-th `<image>` or
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 from dreamray.data.convert.base import (
     Item,
+    JsonListReader,
     ReadContext,
     Reject,
     conversation_row,
-    read_json_source,
 )
-from dreamray.data.convert.base import read_records as _read_records
 from dreamray.data.images import check_image, read_image_file
 from dreamray.data.schema import (
     PLACEHOLDERS,
@@ -127,34 +125,4 @@ def convert_record(rid: str, record: dict, ctx: ReadContext) -> Iterator[Item]:
     yield conversation_row(rid, ctx.source, texts, roles, images, after)
 
 
-def read_file(path: Path, ctx: ReadContext) -> Iterator[Item]:
-    """Read a LLaVA `.json` list (or `.jsonl`).
-
-    Args:
-        path: the input file.
-        ctx: read context.
-
-    Yields:
-        One row or Reject per record.
-
-    Raises:
-        ValueError: without an image directory, or when the file is not a JSON list.
-    """
-    if ctx.images is None:
-        raise ValueError("llava needs an image directory (--images)")
-    yield from read_json_source(path, ctx, convert_record)
-
-
-def read_records(records: list, offset: int, path: Path, ctx: ReadContext) -> Iterator[Item]:
-    """Convert a slice of a LLaVA JSON list (see `base.read_records`).
-
-    Args:
-        records: the slice.
-        offset: index of its first record in the file.
-        path: the input file.
-        ctx: read context.
-
-    Yields:
-        One row or Reject per record.
-    """
-    yield from _read_records(records, offset, path, ctx, convert_record)
+READER = JsonListReader("llava", convert_record)

@@ -49,15 +49,15 @@ CONVERTERS: dict[str, Converter] = {
         "llava",
         ("llava_pretrain", "llava_instruct"),
         True,
-        llava.read_file,
-        read_records=llava.read_records,
+        llava.READER.read_file,
+        read_records=llava.READER.read_records,
     ),
     "instruct_mmc4": Converter(
         "instruct_mmc4",
         ("instruct_mmc4",),
         True,
-        instruct_mmc4.read_file,
-        read_records=instruct_mmc4.read_records,
+        instruct_mmc4.READER.read_file,
+        read_records=instruct_mmc4.READER.read_records,
     ),
 }
 

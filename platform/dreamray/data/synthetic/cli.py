@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
+from dreamray.asset_cli import asset_parser
 from dreamray.data.schema import SOURCES
 from dreamray.data.synthetic import write_synthetic
 
@@ -18,9 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         Exit code 0.
     """
-    parser = argparse.ArgumentParser(prog="python -m dreamray.data.synthetic")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = asset_parser("dreamray.data.synthetic")
     parser.add_argument("--faults", action="store_true", help="plant bad rows and files")
     parser.add_argument("--source", nargs="+", choices=SOURCES, default=None)
     args = parser.parse_args(argv)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
+from dreamray.asset_cli import asset_parser
 from dreamray.data.convert import ensure_ray
 from dreamray.data.tiny import print_conversions
 from dreamray.data.world import WorldSizes, WorldSpec, build_world
@@ -21,14 +20,10 @@ def main(argv: list[str] | None = None) -> int:
         Exit code 0.
     """
     defaults = WorldSizes()
-    parser = argparse.ArgumentParser(prog="python -m dreamray.data.world")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = asset_parser("dreamray.data.world", ray_options=True)
     parser.add_argument("--image-size", type=int, default=WorldSpec().image_size)
     for name, value in vars(defaults).items():
         parser.add_argument(f"--{name}", type=int, default=value, help=f"default {value}")
-    parser.add_argument("--num-cpus", type=int, default=None)
-    parser.add_argument("--no-ray", action="store_true")
     args = parser.parse_args(argv)
     sizes = WorldSizes(**{name: getattr(args, name) for name in vars(defaults)})
     if not args.no_ray:

@@ -25,7 +25,7 @@ import sys
 
 from pydantic import ValidationError
 
-from dreamray.config.specs import CocoFidParams
+from dreamray.config.eval_specs import CocoFidParams
 from dreamray.evals.captions import ManifestError
 from dreamray.evals.cli_params import (
     BAD_INPUT_EXIT,

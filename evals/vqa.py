@@ -20,7 +20,8 @@ import functools
 import json
 import sys
 
-from dreamray.config.specs import ScalingSpec, VqaParams
+from dreamray.config.eval_specs import VqaParams
+from dreamray.config.specs import ScalingSpec
 from dreamray.evals.cli_params import (
     Flag,
     add_pool_options,

@@ -11,7 +11,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, Field
 
-from dreamray.config.specs import CocoFidParams, VqaParams
+from dreamray.config.eval_specs import CocoFidParams, VqaParams
 from dreamray.evals import cli_params, features
 from dreamray.evals.cli_params import Flag, add_spec_options, spec_values
 

@@ -6,7 +6,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from dreamray.config import CocoFidSpec, EvalStageSpec, RecipeError, VqaSpec, load_recipe, specs
+from dreamray.config import CocoFidSpec, EvalStageSpec, RecipeError, VqaSpec, load_recipe
+from dreamray.config import eval_specs as specs
 
 COCO = {
     "task": "coco_fid",

@@ -118,7 +118,7 @@ def test_vqa_stage_prompts_with_the_models_own_patch_count(tiny_zoo, tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from coco_fixtures import write_artifact
 
-    from dreamray.config.specs import VqaParams
+    from dreamray.config.eval_specs import VqaParams
     from dreamray.evals.pool import PoolOptions
     from dreamray.evals.stage import run_vqa
     from dreamray.evals.tiny import build_tiny_evals

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dreamray.config import EvalStageSpec
-from dreamray.config.specs import CocoFidParams
+from dreamray.config.eval_specs import CocoFidParams
 from dreamray.evals import features
 from dreamray.evals.features import FeatureSetupError
 from dreamray.evals.offline_weights import (

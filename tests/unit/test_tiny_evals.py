@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dreamray.config.specs import CocoFidParams, VqaParams
+from dreamray.config.eval_specs import CocoFidParams, VqaParams
 from dreamray.evals.captions import build_coco_manifest
 from dreamray.evals.tiny import build_tiny_evals, main
 from dreamray.evals.vqa_data import load_questions

@@ -1,16 +1,20 @@
 """Typed, validated recipe configs (pure: imports neither Ray nor DeepSpeed)."""
 
-from dreamray.config.load import RecipeError, load_recipe, parse_overrides
-from dreamray.config.specs import (
+from dreamray.config.eval_specs import (
     AttributeMatchParams,
     AttributeMatchSpec,
-    CheckpointSpec,
     CocoFidParams,
     CocoFidSpec,
+    EvalSpec,
+    VqaParams,
+    VqaSpec,
+)
+from dreamray.config.load import RecipeError, load_recipe, parse_overrides
+from dreamray.config.specs import (
+    CheckpointSpec,
     DataSourceSpec,
     DataSpec,
     DeepSpeedSpec,
-    EvalSpec,
     EvalStageSpec,
     InitSpec,
     LossSpec,
@@ -23,8 +27,6 @@ from dreamray.config.specs import (
     ScalingSpec,
     StageSpec,
     TrainStageSpec,
-    VqaParams,
-    VqaSpec,
 )
 
 __all__ = [

@@ -31,7 +31,7 @@ from cleanfid.resize import build_resizer
 from cleanfid.utils import ResizeDataset
 from PIL import Image
 
-from dreamray.config.specs import FID_PROTOCOLS
+from dreamray.config.eval_specs import FID_PROTOCOLS
 from dreamray.files import sha256_file
 
 PROTOCOLS = FID_PROTOCOLS

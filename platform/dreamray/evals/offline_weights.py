@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dreamray.config.specs import CocoFidParams
+from dreamray.config.eval_specs import CocoFidParams
 
 
 class MissingWeightsError(FileNotFoundError):

@@ -12,13 +12,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dreamray.config.specs import (
-    AttributeMatchParams,
-    CocoFidParams,
-    EvalStageSpec,
-    ScalingSpec,
-    VqaParams,
-)
+from dreamray.config.eval_specs import AttributeMatchParams, CocoFidParams, VqaParams
+from dreamray.config.specs import EvalStageSpec, ScalingSpec
 from dreamray.evals.offline_weights import (
     RECIPE_SOURCES,
     require_coco_fid_weights,

@@ -22,6 +22,7 @@ from dreamray.train import faults
 from dreamray.train.faults import maybe_kill, parse_fault_env
 from dreamray.train.feed import SkipConsumed
 from dreamray.train.state import (
+    RNG_FILE,
     TrainState,
     capture_rng,
     read_rank_state,
@@ -42,6 +43,18 @@ def test_train_state_round_trip(tmp_path):
     write_rank_state(tmp_path, state, {"scheduler": {"last_epoch": 3}})
     again, extra = read_rank_state(tmp_path)
     assert again == state and extra["scheduler"] == {"last_epoch": 3}
+    # the RNG travels through `weights_only=True`: restoring it reproduces the same draws
+    restore_rng(extra["rng"])
+    first = (random.random(), np.random.rand(), torch.rand(1))
+    restore_rng(extra["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1)) == first
+
+
+def test_an_rng_file_that_needs_pickle_is_refused_by_name(tmp_path):
+    write_rank_state(tmp_path, TrainState(), {})
+    torch.save({"rng": {"numpy": np.random.get_state()}}, tmp_path / RNG_FILE)
+    with pytest.raises(ValueError, match=f"{RNG_FILE}: not loadable with weights_only=True"):
+        read_rank_state(tmp_path)
 
 
 def test_rng_capture_restore():

@@ -9,6 +9,7 @@ resume draws the same diffusion noise and timesteps as the uninterrupted run wou
 from __future__ import annotations
 
 import json
+import pickle  # for its error type only: nothing is unpickled
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,10 +65,12 @@ def seed_everything(seed: int) -> None:
 
 def capture_rng() -> dict[str, Any]:
     """The RNG state of this process (torch, CUDA if present, Python, NumPy)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        # a tensor, not a numpy array: the file then loads with `weights_only=True`
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -78,7 +81,8 @@ def restore_rng(state: dict[str, Any]) -> None:
     """Put back what `capture_rng` returned."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -90,7 +94,8 @@ def write_rank_state(directory: Path, state: TrainState, extra: dict[str, Any]) 
         directory: the rank's checkpoint directory (file names carry no rank: Ray merges rank
             directories, so the caller puts each rank under its own sub-directory).
         state: the counters.
-        extra: picklable state saved with the RNG (e.g. the scheduler's state_dict).
+        extra: state saved with the RNG (e.g. the scheduler's state_dict): tensors and plain
+            Python values only, so that the file loads with `weights_only=True`.
     """
     directory.mkdir(parents=True, exist_ok=True)
     (directory / STATE_FILE).write_text(state.to_json())
@@ -105,8 +110,14 @@ def read_rank_state(directory: Path) -> tuple[TrainState, dict[str, Any]]:
 
     Raises:
         FileNotFoundError: if the directory holds no loop state.
+        ValueError: an RNG file that only a pickle load would read.
     """
     state = TrainState.from_json((directory / STATE_FILE).read_text())
-    # Our own file, holding Python/NumPy RNG tuples: weights_only cannot load those.
-    extra = torch.load(directory / RNG_FILE, weights_only=False)
+    try:
+        extra = torch.load(directory / RNG_FILE, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{directory / RNG_FILE}: not loadable with weights_only=True (written by a dreamray "
+            "that saved NumPy arrays there); resume from a newer checkpoint or start a new run"
+        ) from err
     return state, extra

@@ -40,7 +40,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         The temp path (it exists, empty).
 
     Raises:
-        Whatever the block raises; the temp file is removed and `path` is left as it was.
+        Whatever the block raises, with a note naming `path`; the temp file is removed and
+        `path` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,6 +50,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except BaseException as err:
+        err.add_note(f"while writing {path}: nothing was written there (the temp file is removed)")
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -128,13 +132,17 @@ def atomic_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
         The staging directory to fill.
 
     Raises:
-        Whatever the block raises; the staging directory is removed and `final_dir` is left
-        as it was.
+        Whatever the block raises, with a note naming `final_dir`; the staging directory is
+        removed and `final_dir` is left as it was.
     """
     tmp = staging_dir(final_dir)
     try:
         yield tmp
         publish_dir(tmp, final_dir)
+    except BaseException as err:
+        err.add_note(f"while writing {final_dir}: nothing was published there (the staging dir "
+                     "is removed)")
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -196,3 +196,25 @@ def test_toy_recipe_reports_a_learning_table_row_per_evaluated_model(tmp_path, m
     assert "| stage:sft | 12.50 | 0.75 (0.17) | 0.50 (0.33) | 0.60 (0.20) | 61.0 | 80.0 | " \
            "70.0 |  |  | no shape: 2 |" in report
     assert "| base | 12.50 | 0.00 (0.17) |" in report
+
+
+def test_a_publish_that_runs_out_of_space_leaves_no_artifact_and_no_done(tmp_path, monkeypatch):
+    import errno
+
+    from dreamray.orchestration import merge
+
+    def no_space(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    copy2 = merge.shutil.copy2
+    monkeypatch.setattr(merge.shutil, "copy2", no_space)
+    with pytest.raises(RunFailed, match=r"merge: OSError: \[Errno 28\] No space left on device"):
+        _run(tmp_path / "run")
+    ledger = Ledger(RunStorage(str(tmp_path / "run")))
+    record = ledger.read("merge")
+    assert record.status == "failed" and "nothing was published" in record.error
+    artifacts = [p.name for p in (tmp_path / "run" / "artifacts").iterdir()]
+    assert not [a for a in artifacts if a.startswith("merge") or a.startswith(".")], artifacts
+    monkeypatch.setattr(merge.shutil, "copy2", copy2)
+    summary = _run(tmp_path / "run")  # space again: the merge and what follows it run
+    assert summary.states["merge"] == "done" and summary.states["stage1_creation"] == "skipped"

@@ -1,7 +1,8 @@
 """Pydantic v2 specs of a recipe: a named DAG of train, merge and eval stages.
 
-Every default lives here (the eval stages' in `eval_specs.py`) and nowhere else. All models are frozen and reject unknown keys, so
-a typo'd key is an error rather than a silently ignored setting.
+Every default lives here (the eval stages' in `eval_specs.py`) and nowhere else. All models are
+frozen and reject unknown keys, so a typo'd key is an error rather than a silently ignored
+setting.
 """
 
 from __future__ import annotations

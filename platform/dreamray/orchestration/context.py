@@ -71,6 +71,13 @@ class StageOutcome:
 Executor = Callable[[AnyStageSpec, StageContext], StageOutcome]
 
 
+def error_line(err: BaseException) -> str:
+    """`<ExceptionType>: <message>`, with the notes the error gathered on its way up (e.g. which
+    artifact was being written), as the ledger's one line."""
+    notes = "; ".join(getattr(err, "__notes__", ()))
+    return f"{type(err).__name__}: {err}" + (f" ({notes})" if notes else "")
+
+
 class StageError(RuntimeError):
     """A stage that raised: a one-line message for the ledger, the traceback for the logs."""
 

@@ -15,7 +15,7 @@ from ray.util.metrics import Gauge
 
 from dreamray.config.specs import AnyStageSpec
 from dreamray.orchestration.backends import ClusterSnapshot
-from dreamray.orchestration.context import Executor, StageError, StageOutcome
+from dreamray.orchestration.context import Executor, StageError, StageOutcome, error_line
 from dreamray.orchestration.executors import StageTask, execute_stage
 
 STATE_CODES = {"pending": 0, "running": 1, "done": 2, "skipped": 3, "failed": 4, "blocked": 5}
@@ -110,7 +110,7 @@ class RayBackend:
             return ray.get(handle)
         except ray.exceptions.RayTaskError as err:
             cause = err.cause if isinstance(err.cause, BaseException) else err
-            raise StageError(f"{type(cause).__name__}: {cause}", str(err)) from None
+            raise StageError(error_line(cause), str(err)) from None
 
     def publish(self, name: str, state: str, info: Mapping[str, Any]) -> None:
         """Set the stage's gauges (fire and forget)."""

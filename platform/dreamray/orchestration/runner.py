@@ -27,7 +27,7 @@ from typing import Any
 from dreamray.config import RecipeSpec, TrainStageSpec
 from dreamray.contracts import MERGE_KIND, StageRef
 from dreamray.orchestration.backends import Backend
-from dreamray.orchestration.context import Executor, StageContext, StageError
+from dreamray.orchestration.context import Executor, StageContext, StageError, error_line
 from dreamray.orchestration.dag import DagState
 from dreamray.orchestration.executors import StageTask
 from dreamray.orchestration.identity import spec_hash, stage_identities, stage_key
@@ -319,7 +319,7 @@ class DagRunner:
             self.fail(name, str(err), err.details)
             return
         except Exception as err:  # noqa: BLE001 - any stage error fails the stage, not the run
-            self.fail(name, f"{type(err).__name__}: {err}", traceback.format_exc())
+            self.fail(name, error_line(err), traceback.format_exc())
             return
         digest, problems = verify_artifact(self.storage, artifact_rel(name, self.ids[name]))
         if problems:

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 
 from dreamray.data.convert.base import (
     Item,
-    JsonListReader,
     ReadContext,
     Reject,
     build_document,
     image_file_loader,
 )
+from dreamray.data.convert.json_list import JsonListReader
 from dreamray.data.schema import REASON_EMPTY_INSTRUCTION, REASON_MALFORMED
 
 

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 
 from dreamray.data.convert.base import (
     Item,
-    JsonListReader,
     ReadContext,
     Reject,
     conversation_row,
 )
+from dreamray.data.convert.json_list import JsonListReader
 from dreamray.data.images import check_image, read_image_file
 from dreamray.data.schema import (
     PLACEHOLDERS,

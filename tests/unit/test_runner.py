@@ -218,3 +218,22 @@ def test_a_publish_that_runs_out_of_space_leaves_no_artifact_and_no_done(tmp_pat
     monkeypatch.setattr(merge.shutil, "copy2", copy2)
     summary = _run(tmp_path / "run")  # space again: the merge and what follows it run
     assert summary.states["merge"] == "done" and summary.states["stage1_creation"] == "skipped"
+
+
+def test_a_second_driver_on_a_live_run_dir_starts_nothing(tmp_path):
+    import os
+    import socket
+    import time
+
+    from dreamray.orchestration.lease import LEASE_FILE, LeaseHeldError
+
+    storage = RunStorage(str(tmp_path / "run"))
+    other = {"owner": "bob", "host": socket.gethostname(), "pid": os.getppid(),
+             "token": "other", "acquired_at": time.time(), "heartbeat_at": time.time()}
+    storage.write_json(LEASE_FILE, other)
+    with pytest.raises(LeaseHeldError, match=f"bob@{socket.gethostname()} pid {os.getppid()}"):
+        _run(tmp_path / "run")
+    assert not storage.exists("artifacts") and storage.read_json(LEASE_FILE) == other
+    storage.delete_file(LEASE_FILE)  # that driver ended
+    assert _run(tmp_path / "run").states["sft"] == "done"
+    assert not storage.exists(LEASE_FILE)  # released at the end

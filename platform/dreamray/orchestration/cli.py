@@ -52,6 +52,8 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True, help="recipe YAML")
     parser.add_argument("--address", default=None,
                         help="Ray address (default: the job's cluster, or ray.init's own rules)")
+    parser.add_argument("--steal-lock", action="store_true",
+                        help="take over the run dir's lease when its driver is gone (stale)")
     parser.add_argument("overrides", nargs="*", help="key.path=value")
 
 
@@ -79,7 +81,7 @@ def main(argv: list[str]) -> int:
     if args.dry_run:
         print(describe_recipe(recipe, run_dir=args.run_dir, shapes_only=args.shapes_only))
         return 0
-    return _run(recipe, args.run_dir, None, args.address)
+    return _run(recipe, args.run_dir, None, args.address, args.steal_lock)
 
 
 def stage_main(argv: list[str]) -> int:
@@ -100,15 +102,16 @@ def stage_main(argv: list[str]) -> int:
     recipe = recipe and _load(args.recipe, args.overrides, check_paths=True)
     if recipe is None:
         return 2
-    return _run(recipe, args.run_dir, [args.stage], args.address)
+    return _run(recipe, args.run_dir, [args.stage], args.address, args.steal_lock)
 
 
 def _run(recipe: RecipeSpec, run_dir: str, targets: list[str] | None,
-         address: str | None) -> int:
+         address: str | None, steal_lock: bool) -> int:
     # Imported here: planning (--dry-run) must not need Ray.
     import ray
 
     from dreamray.orchestration.executors import default_executors
+    from dreamray.orchestration.lease import LeaseHeldError
     from dreamray.orchestration.ledger import Ledger, LedgerVersionError
     from dreamray.orchestration.ray_backend import RayBackend
     from dreamray.orchestration.runner import DagRunner, PreflightError, RunFailed
@@ -121,9 +124,9 @@ def _run(recipe: RecipeSpec, run_dir: str, targets: list[str] | None,
         if not ray.is_initialized():
             ray.init(address=address, log_to_driver=True)
         runner = DagRunner(recipe, run_dir, RayBackend(recipe.name), default_executors(),
-                           targets=targets)
+                           targets=targets, steal_lock=steal_lock)
         summary = runner.run()
-    except (PreflightError, LedgerVersionError, StorageError, RunFailed) as err:
+    except (PreflightError, LedgerVersionError, StorageError, RunFailed, LeaseHeldError) as err:
         print(f"{type(err).__name__}: {err}", file=sys.stderr)
         return 1
     print(f"report: {summary.report}")

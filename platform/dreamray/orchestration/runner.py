@@ -31,6 +31,7 @@ from dreamray.orchestration.context import Executor, StageContext, StageError, e
 from dreamray.orchestration.dag import DagState
 from dreamray.orchestration.executors import StageTask
 from dreamray.orchestration.identity import spec_hash, stage_identities, stage_key
+from dreamray.orchestration.lease import DEFAULT_STALE_S, RunLease
 from dreamray.orchestration.ledger import (
     Decision,
     Ledger,
@@ -97,7 +98,8 @@ class DagRunner:
 
     def __init__(self, recipe: RecipeSpec, run_dir: str, backend: Backend,
                  executors: Mapping[str, Executor], *, targets: Iterable[str] | None = None,
-                 poll_s: float = POLL_S):
+                 poll_s: float = POLL_S, steal_lock: bool = False,
+                 lease_stale_s: float = DEFAULT_STALE_S):
         """Open the run directory and compute identities.
 
         Args:
@@ -108,6 +110,8 @@ class DagRunner:
             targets: the stages to run (default: all); their other inputs must be complete
                 in the run directory already.
             poll_s: seconds between resource checks while a stage waits for room.
+            steal_lock: take over a stale lease of another host (`--steal-lock`).
+            lease_stale_s: heartbeat age after which another driver's lease is stale.
 
         Raises:
             PreflightError: for unknown target names.
@@ -121,6 +125,8 @@ class DagRunner:
         self.recipe, self.backend, self.executors = recipe, backend, executors
         self.storage = RunStorage(run_dir)
         self.ledger = Ledger.open(self.storage, recipe.name)
+        self.lease = RunLease(self.storage, lease_stale_s)
+        self.steal_lock = steal_lock
         self.ids = stage_identities(recipe)
         self.dag = DagState(recipe, names)
         self.poll_s = poll_s
@@ -138,16 +144,26 @@ class DagRunner:
             The summary.
 
         Raises:
+            LeaseHeldError: another driver holds the run directory.
             PreflightError: before anything starts, listing every problem.
             RunFailed: after the run, if a stage failed (report.md is written anyway).
         """
-        self.preflight()
-        while self.dag.unfinished():
-            self.start_ready()
-            if not self.handles:
-                break  # nothing running and nothing startable: the rest is blocked
-            for handle in self.backend.wait(list(self.handles), self.poll_s):
-                self.finish(handle)
+        self.lease.acquire(steal=self.steal_lock)
+        try:
+            self.preflight()
+            while self.dag.unfinished():
+                self.start_ready()
+                if not self.handles:
+                    break  # nothing running and nothing startable: the rest is blocked
+                for handle in self.backend.wait(list(self.handles), self.poll_s):
+                    self.finish(handle)
+                self.lease.heartbeat()
+            return self._summary()
+        finally:
+            self.lease.release()
+
+    def _summary(self) -> RunSummary:
+        """Write report.md; the summary, or RunFailed naming the failed stages."""
         report = write_report(self.storage, self.recipe, self.ids, self.dag.state, self.records)
         summary = RunSummary(self.storage.uri, dict(self.dag.state), self.records, report)
         failed = self.dag.failed()

@@ -136,6 +136,11 @@ class RunStorage:
                 digest.update(chunk)
         return digest.hexdigest()
 
+    def delete_file(self, rel: str) -> None:
+        """Remove a file; a missing file is fine."""
+        if self.exists(rel):
+            self.fs.delete_file(self.path(rel))
+
     def delete_dir(self, rel: str) -> None:
         """Remove a directory and its contents; a missing directory is fine."""
         if self.exists(rel):

@@ -110,6 +110,7 @@ def _run(recipe: RecipeSpec, run_dir: str, targets: list[str] | None,
     # Imported here: planning (--dry-run) must not need Ray.
     import ray
 
+    from dreamray.orchestration.context import error_line
     from dreamray.orchestration.executors import default_executors
     from dreamray.orchestration.lease import LeaseHeldError
     from dreamray.orchestration.ledger import Ledger, LedgerVersionError
@@ -127,7 +128,7 @@ def _run(recipe: RecipeSpec, run_dir: str, targets: list[str] | None,
                            targets=targets, steal_lock=steal_lock)
         summary = runner.run()
     except (PreflightError, LedgerVersionError, StorageError, RunFailed, LeaseHeldError) as err:
-        print(f"{type(err).__name__}: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 1
     print(f"report: {summary.report}")
     if targets:

@@ -252,8 +252,8 @@ def _plain_run(stage, micro: int, part: int = 0, parts: int = 1, start_at: float
     time.sleep(max(0.0, start_at - time.time()))
     start, samples, images, batch, times = time.time(), 0, 0, [], []
     for chunk in range(part, plan.num_chunks, parts):
-        for position, source, row in plan.rows(chunk):
-            record = build_record(builder, transforms, position, source, row)
+        for position, source, row, origin in plan.rows(chunk):
+            record = build_record(builder, transforms, position, source, row, origin)
             if not record["skip_reason"]:
                 batch.append(record)
             if len(batch) == micro:

@@ -172,7 +172,7 @@ def test_streaming_split_is_complete_mixed_and_resumes_exactly(ray_cluster, stag
 
     # every position holds the sample the deterministic plan puts there
     plan = StagePlan(stage, stage.model.llm_path, index_sources(stage.data), None, 16)
-    expected = {pos: row["id"] for c in range(plan.num_chunks) for pos, _, row in plan.rows(c)}
+    expected = {pos: row["id"] for c in range(plan.num_chunks) for pos, _, row, _ in plan.rows(c)}
     got = {
         p: i
         for s in seen + seen2
@@ -182,7 +182,7 @@ def test_streaming_split_is_complete_mixed_and_resumes_exactly(ray_cluster, stag
     assert all(expected[p] == i for p, i in got.items())
 
     # realised mix over the whole stream, skipped samples included, matches the weights
-    source_of = {pos: src for c in range(plan.num_chunks) for pos, src, _ in plan.rows(c)}
+    source_of = {pos: src for c in range(plan.num_chunks) for pos, src, _, _ in plan.rows(c)}
     shares = np.bincount([list(WEIGHTS).index(source_of[p]) for p in consumed]) / len(consumed)
     assert np.abs(shares - np.array(list(WEIGHTS.values()))).max() < 0.03
 
@@ -194,4 +194,8 @@ def test_streaming_split_is_complete_mixed_and_resumes_exactly(ray_cluster, stag
     assert final.consumed.ranges() == [(0, final.counters.seen)]
     assert final.counters.seen - len(consumed) in (0, 1, 2)
     assert set(final.counters.skipped) == {"image_transform_failed", "placeholder_mismatch"}
+    # ... and named by shard and row through Ray Data and the per-rank files
+    named = final.counters.skip_examples
+    assert "pairs/part-0.parquet row 3 (id pairs/0/3)" in " ".join(named["image_transform_failed"])
+    assert "chat/part-0.parquet row 2 (id chat/0/2)" in " ".join(named["placeholder_mismatch"])
     assert sum(final.counters.per_source.values()) == final.counters.samples

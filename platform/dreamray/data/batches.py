@@ -106,6 +106,8 @@ def _batch_info(records: list[dict], skipped: list[dict]) -> BatchInfo:
         images_dropped=sum(int(r["images_dropped"]) for r in records),
         skipped=dict(Counter(str(r["skip_reason"]) for r in skipped)),
         skipped_positions=[int(r["position"]) for r in skipped],
+        skipped_examples=[(str(r["skip_reason"]), f"{r['origin']} (id {r['id']})")
+                          for r in skipped],
     )
 
 

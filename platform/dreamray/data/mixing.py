@@ -157,6 +157,22 @@ class SourceIndex:
         """Rows in the source."""
         return int(self.group_rows.sum())
 
+    def origin(self, group: int, row: int) -> str:
+        """``"<shard file> row <n>"``: where row `row` of row group `group` is, counted from
+        the top of its file (what a user opens the shard at).
+
+        Args:
+            group: index into this source's row-group arrays.
+            row: row inside that group.
+
+        Returns:
+            The file path and the row's index in the file.
+        """
+        same_file = self.group_file == self.group_file[group]
+        before = same_file & (self.group_index < self.group_index[group])
+        first_row = int(self.group_rows[before].sum())
+        return f"{self.files[self.group_file[group]]} row {first_row + row}"
+
 
 def shard_files(path: str | Path) -> list[str]:
     """The shard files of a source directory.

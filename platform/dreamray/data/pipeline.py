@@ -164,8 +164,9 @@ class StagePlan:
         lo = self.start + chunk * self.chunk_size
         return lo, min(lo + self.chunk_size, self.stop)
 
-    def rows(self, chunk: int) -> list[tuple[int, str, dict]]:
-        """(position, source name, unified row) of every not-yet-consumed position of a chunk.
+    def rows(self, chunk: int) -> list[tuple[int, str, dict, str]]:
+        """(position, source name, unified row, origin) of every not-yet-consumed position of a
+        chunk; origin is ``"<shard file> row <n>"``.
 
         Args:
             chunk: chunk number (0 = the resume point).
@@ -175,7 +176,7 @@ class StagePlan:
         """
         lo, hi = self.positions(chunk)
         src, draws = self.schedule.draws(lo, hi, self.counter.at(lo))
-        rows: list[tuple[int, str, dict] | None] = [None] * (hi - lo)
+        rows: list[tuple[int, str, dict, str] | None] = [None] * (hi - lo)
         for s, index in enumerate(self.sources):
             (where,) = np.nonzero(src == s)
             if not len(where):
@@ -183,7 +184,8 @@ class StagePlan:
             groups, offsets = locate_draws(index, draws[where], self.seed)
             for i, g, r in zip(where, groups, offsets, strict=True):
                 table = _read_group(index.files[index.group_file[g]], int(index.group_index[g]))
-                rows[i] = (lo + int(i), index.name, table.slice(int(r), 1).to_pylist()[0])
+                rows[i] = (lo + int(i), index.name, table.slice(int(r), 1).to_pylist()[0],
+                           index.origin(int(g), int(r)))
         return [row for row in rows if row is not None and row[0] not in self.done]
 
 
@@ -213,7 +215,8 @@ def _read_group(path: str, group: int) -> pa.Table:
 
 
 def build_record(
-    builder: SequenceBuilder, transforms: Any, position: int, source: str, row: dict
+    builder: SequenceBuilder, transforms: Any, position: int, source: str, row: dict,
+    origin: str = "",
 ) -> dict[str, Any]:
     """One unified row -> a record (a skipped record when it cannot be trained on).
 
@@ -223,6 +226,7 @@ def build_record(
         position: the stream position.
         source: the source name.
         row: the unified row.
+        origin: where the row is (`SourceIndex.origin`), kept on a skipped record.
 
     Returns:
         A record (`dreamray.data.records`).
@@ -230,13 +234,13 @@ def build_record(
     try:
         built = builder.build(row)
     except SkipSample as skip:
-        return skipped_record(position, row["id"], source, skip.reason)
+        return skipped_record(position, row["id"], source, skip.reason, origin)
     try:
         clip, sd = transforms.sample_pixels(
             row["id"], row["images"], built.clip_images, built.sd_images
         )
     except Exception:  # noqa: BLE001 - PIL signals bad bytes with a zoo of exception types
-        return skipped_record(position, row["id"], source, SKIP_IMAGE)
+        return skipped_record(position, row["id"], source, SKIP_IMAGE, origin)
     return make_record(
         position, row["id"], source, built.input_ids, built.labels, clip, sd, built.images_dropped
     )
@@ -263,9 +267,9 @@ class ChunkBuilder:
             A table in `records.RECORD_SCHEMA`, positions in increasing order.
         """
         records = [
-            build_record(self.builder, self.transforms, position, source, row)
+            build_record(self.builder, self.transforms, position, source, row, origin)
             for chunk in batch["id"]
-            for position, source, row in self.plan.rows(int(chunk))
+            for position, source, row, origin in self.plan.rows(int(chunk))
         ]
         return records_table(records)
 

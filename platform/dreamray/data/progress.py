@@ -29,6 +29,8 @@ from dreamray.files import atomic_write_json
 STATE_PREFIX = "data_state.rank"
 # Fewer samples than this are too few to judge a skip fraction mid-run (1 of 10 is not 10%).
 MIN_SAMPLES_FOR_SKIP_CHECK = 200
+# Skipped rows named per reason in the error and the stage record (enough to find the pattern).
+MAX_SKIP_EXAMPLES = 5
 
 
 class DataSkipError(RuntimeError):
@@ -94,6 +96,8 @@ class DataCounters:
     sd_images: int = 0
     images_dropped: int = 0
     tokens: int = 0  # non-pad tokens
+    # reason -> the first few skipped rows (`<shard> row <n> (id <id>)`), for error messages
+    skip_examples: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def num_skipped(self) -> int:
@@ -114,6 +118,19 @@ class DataCounters:
         self.sd_images += other.sd_images
         self.images_dropped += other.images_dropped
         self.tokens += other.tokens
+        self.add_examples((reason, where) for reason, wheres in other.skip_examples.items()
+                          for where in wheres)
+
+    def add_examples(self, examples: Iterable[tuple[str, str]]) -> None:
+        """Keep up to `MAX_SKIP_EXAMPLES` skipped rows per reason.
+
+        Args:
+            examples: ``(reason, where)`` pairs.
+        """
+        for reason, where in examples:
+            kept = self.skip_examples.setdefault(reason, [])
+            if len(kept) < MAX_SKIP_EXAMPLES and where not in kept:
+                kept.append(where)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (also what a stage record stores)."""
@@ -125,12 +142,16 @@ class DataCounters:
             "sd_images": self.sd_images,
             "images_dropped": self.images_dropped,
             "tokens": self.tokens,
+            "skip_examples": {k: list(v) for k, v in sorted(self.skip_examples.items())},
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataCounters:
         """Inverse of `to_dict`."""
-        return cls(**{k: (dict(v) if isinstance(v, dict) else int(v)) for k, v in data.items()})
+        values = {k: (dict(v) if isinstance(v, dict) else int(v)) for k, v in data.items()}
+        # data states written before rows were named carry no examples
+        values["skip_examples"] = {k: list(v) for k, v in values.pop("skip_examples", {}).items()}
+        return cls(**values)
 
 
 @dataclass
@@ -146,6 +167,7 @@ class BatchInfo:
     images_dropped: int
     skipped: dict[str, int]  # reason -> count, consumed while filling this batch
     skipped_positions: list[int]
+    skipped_examples: list[tuple[str, str]] = field(default_factory=list)  # (reason, where)
 
 
 @dataclass
@@ -207,6 +229,7 @@ class DataProgress:
         c.sd_images += info.num_sd_images
         c.images_dropped += info.images_dropped
         c.tokens += info.num_tokens
+        c.add_examples(info.skipped_examples)
 
 
 def save_data_state(directory: str | Path, rank: int, state: DataState) -> Path:
@@ -261,7 +284,8 @@ def check_skip_fraction(counters: DataCounters, max_skip_fraction: float, final:
             MIN_SAMPLES_FOR_SKIP_CHECK samples are not judged.
 
     Raises:
-        DataSkipError: skipped / seen > max_skip_fraction, with the counts by reason.
+        DataSkipError: skipped / seen > max_skip_fraction, with the counts by reason and the
+            first skipped rows of each reason (shard file, row, id).
     """
     seen = counters.seen
     if seen == 0 or (not final and seen < MIN_SAMPLES_FOR_SKIP_CHECK):
@@ -271,5 +295,13 @@ def check_skip_fraction(counters: DataCounters, max_skip_fraction: float, final:
         raise DataSkipError(
             f"{counters.num_skipped} of {seen} samples skipped ({fraction:.1%} > "
             f"data.max_skip_fraction={max_skip_fraction:.1%}); by reason: "
-            f"{dict(sorted(counters.skipped.items()))}. Fix or re-convert the shards."
+            f"{dict(sorted(counters.skipped.items()))}; first rows skipped: "
+            f"{_examples_text(counters)}. Fix or re-convert the shards."
         )
+
+
+def _examples_text(counters: DataCounters) -> str:
+    if not counters.skip_examples:
+        return "(not recorded)"
+    return "; ".join(f"{reason}: {', '.join(wheres)}"
+                     for reason, wheres in sorted(counters.skip_examples.items()))

@@ -7,6 +7,7 @@ side). Fields (RECORD_SCHEMA):
     position        int   the sample's position in the stage's stream (resume bookkeeping)
     id, source      str   row id and the data spec's source name
     skip_reason     str   "" for a trainable sample, else a `dreamray.data.sequence` SKIP_* reason
+    origin          str   where a skipped sample's row is (`<shard file> row <n>`); "" otherwise
     input_ids       bytes int32 [T]
     labels          bytes int32 [T]
     clip_pixels     bytes uint8 [n_clip, 3, H, W] (CLIP processor resize + crop)
@@ -38,6 +39,7 @@ RECORD_SCHEMA = pa.schema(
         ("id", pa.string()),
         ("source", pa.string()),
         ("skip_reason", pa.string()),
+        ("origin", pa.string()),
         ("input_ids", pa.binary()),
         ("labels", pa.binary()),
         ("clip_pixels", pa.binary()),
@@ -80,6 +82,7 @@ def make_record(
         "id": sample_id,
         "source": source,
         "skip_reason": "",
+        "origin": "",
         "input_ids": np.ascontiguousarray(input_ids, dtype=np.int32),
         "labels": np.ascontiguousarray(labels, dtype=np.int32),
         "clip_pixels": np.ascontiguousarray(clip, dtype=np.uint8),
@@ -91,8 +94,17 @@ def make_record(
     }
 
 
-def skipped_record(position: int, sample_id: str, source: str, reason: str) -> dict[str, Any]:
+def skipped_record(
+    position: int, sample_id: str, source: str, reason: str, origin: str = ""
+) -> dict[str, Any]:
     """A record that only carries a skip (kept in the stream so it is counted and resumed).
+
+    Args:
+        position: stream position.
+        sample_id: row id.
+        source: source name.
+        reason: a `dreamray.data.sequence` SKIP_* reason.
+        origin: the row's shard file and row number, for error messages.
 
     Returns:
         The record dict with empty payload.
@@ -108,6 +120,7 @@ def skipped_record(position: int, sample_id: str, source: str, reason: str) -> d
         0,
     )
     record["skip_reason"] = reason
+    record["origin"] = origin
     return record
 
 

@@ -147,6 +147,15 @@ def load_stage_tokenizer(tokenizer_dir: str) -> Any:
     return tokenizer
 
 
+def _adds_word_boundary(tokenizer: Any) -> bool:
+    """Whether the tokenizer starts every text with a word boundary of its own (SentencePiece's
+    dummy prefix: "a" -> `▁a`), so that " a" ends with the tokens of "a"; byte-level BPE does
+    not ("a" -> `a`, " a" -> `Ġa`)."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    spaced = tokenizer(" a", add_special_tokens=False)["input_ids"]
+    return list(spaced[-len(bare):]) == list(bare)
+
+
 class SequenceBuilder:
     """Builds token sequences for one stage (one tokenizer, layout, mode and seed)."""
 
@@ -169,6 +178,7 @@ class SequenceBuilder:
         self.mode = mode
         self.seed = seed
         self._masked = self.ids.unsupervised_ids()
+        self._own_word_boundary = _adds_word_boundary(tokenizer)
 
     def build(self, row: Mapping[str, Any]) -> BuiltSample:
         """Build one sample.
@@ -195,6 +205,10 @@ class SequenceBuilder:
     def encode(self, text: str) -> list[int]:
         """Token ids of plain text: no BOS/EOS, and special-token strings inside the text stay
         text (a caption that says "<image>" must not create an image slot)."""
+        if self._own_word_boundary and text.startswith(" "):
+            # SentencePiece opens every encoded text with a `▁` of its own: the piece's leading
+            # space is that boundary, and encoding it too would put `▁ ▁word` after a block
+            text = text[1:]
         if not text:
             return []
         out = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)

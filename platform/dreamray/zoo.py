@@ -2,8 +2,9 @@
 
 `build_tiny_zoo` writes three directories that load exactly like the real towers do:
 
-- ``llm/``: an HF Llama causal LM (safetensors) with a byte-level BPE tokenizer that has bos/eos/unk
-  but no pad and no DreamLLM tokens (like Vicuna: the model adds them);
+- ``llm/``: an HF Llama causal LM (or Mistral / Qwen2: ``family``, `dreamray.zoo_llm`;
+  safetensors) with a byte-level BPE tokenizer that has bos/eos/unk but no pad and no DreamLLM
+  tokens (like Vicuna: the model adds them);
 - ``clip/``: an HF ``CLIPVisionModel`` plus its ``CLIPImageProcessor`` config;
 - ``sd/``: a diffusers Stable Diffusion dir with ``unet/``, ``vae/``, ``scheduler/`` and
   ``model_index.json``.
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import tempfile
 from collections.abc import Callable
@@ -34,13 +34,22 @@ from dreamray.contracts import MODEL_INDEX_FILE
 from dreamray.files import atomic_write_json, publish_dir
 from dreamray.model.layouts import clip_processor, model_index, sd_scheduler_kwargs
 
+# the LLM part lives in `zoo_llm`; re-exported here, where the zoo's builders are looked up
+from dreamray.zoo_llm import (  # noqa: F401
+    LLAMA,
+    LLM_FAMILIES,
+    MISTRAL,
+    QWEN2,
+    TINY_VOCAB_SIZE,
+    LlmFamily,
+    build_tiny_llm,
+    build_tokenizer,
+    tiny_llm_config,
+)
+
 ZOO_VERSION = 1
 STAMP_FILE = "zoo_stamp.json"
 LLM_DIR, VISION_DIR, DIFFUSION_DIR = "llm", "clip", "sd"
-
-TINY_VOCAB_SIZE = 1000
-TINY_CORPUS_SEED = 1234
-
 
 @dataclass(frozen=True)
 class ZooPaths:
@@ -53,95 +62,6 @@ class ZooPaths:
 
 def _paths(out: Path) -> ZooPaths:
     return ZooPaths(llm=out / LLM_DIR, vision=out / VISION_DIR, diffusion=out / DIFFUSION_DIR)
-
-
-def _tiny_corpus(num_lines: int = 3000) -> list[str]:
-    """Deterministic English-ish text, so the BPE merges look like a real tokenizer's."""
-    rng = random.Random(TINY_CORPUS_SEED)
-    words = (
-        "a an the of to in on with and or is are was were be this that it image picture photo "
-        "dog cat man woman child red blue green yellow black white big small on top left right "
-        "sitting standing running table street tree house car boat sky water beach city field "
-        "what where how many color shows there two three four describe question answer user "
-        "assistant please draw generate create painting style cute happy old new near under "
-        "USER ASSISTANT Image Dream ! ? , . : ; ' \" ( ) 0 1 2 3 4 5 6 7 8 9 10 2024"
-    ).split()
-    # pseudo-words give BPE enough distinct pairs to reach the target vocab size
-    syllables = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"]
-    words += ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(600)]
-    lines = []
-    for _ in range(num_lines):
-        n = rng.randint(4, 16)
-        lines.append(" ".join(rng.choice(words) for _ in range(n)))
-    return lines
-
-
-def build_tokenizer(out_dir: Path, corpus: list[str] | None = None) -> Any:
-    """Train a byte-level BPE and save it as an HF fast tokenizer (Llama/Vicuna conventions).
-
-    Args:
-        out_dir: where to save it.
-        corpus: training lines (None: the fixed English-ish corpus of the random zoo).
-
-    Returns:
-        The `PreTrainedTokenizerFast`.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=TINY_VOCAB_SIZE,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus or _tiny_corpus(), trainer=trainer)
-    # Llama/Vicuna prepend <s> and add no </s>; the sequence builder appends </s> itself
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
-    )
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        model_max_length=512,
-        padding_side="right",
-    )
-    hf_tok.save_pretrained(out_dir)
-    return hf_tok
-
-
-def tiny_llm_config(tok: Any) -> Any:
-    """The tiny Llama's config (2 layers, width 64) for tokenizer `tok`."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        rms_norm_eps=1e-6,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=None,
-        tie_word_embeddings=False,
-    )
-
-
-def _build_llm(out_dir: Path, seed: int) -> None:
-    import torch
-    from transformers import LlamaForCausalLM
-
-    tok = build_tokenizer(out_dir)
-    torch.manual_seed(seed)
-    LlamaForCausalLM(tiny_llm_config(tok)).save_pretrained(out_dir)
 
 
 def tiny_vision_config(image_size: int = 32) -> Any:
@@ -283,12 +203,13 @@ def check_reusable(out: Path, names: tuple[str, ...], stamp: dict[str, Any]) -> 
     return False
 
 
-def build_tiny_zoo(out: Path, seed: int = 0) -> ZooPaths:
+def build_tiny_zoo(out: Path, seed: int = 0, family: LlmFamily = LLAMA) -> ZooPaths:
     """Build (or reuse) the tiny random zoo under `out`.
 
     Args:
         out: directory to write ``llm/``, ``clip/``, ``sd/`` and a stamp file into.
         seed: weight-init seed; the tokenizer does not depend on it (same vocab for every seed).
+        family: the base LLM's family (Llama by default; the stamp names any other).
 
     Returns:
         The paths of the three model dirs.
@@ -302,13 +223,16 @@ def build_tiny_zoo(out: Path, seed: int = 0) -> ZooPaths:
         # the RNG state is global: save and restore it so building a zoo has no side effect
         rng_state = torch.random.get_rng_state()
         try:
-            _build_llm(staging / LLM_DIR, seed)
+            build_tiny_llm(staging / LLM_DIR, seed, family)
             _build_vision(staging / VISION_DIR, seed)
             _build_diffusion(staging / DIFFUSION_DIR, seed)
         finally:
             torch.random.set_rng_state(rng_state)
 
-    return _build_stamped(Path(out), {"kind": "tiny", "seed": seed, "version": ZOO_VERSION}, build)
+    stamp: dict[str, Any] = {"kind": "tiny", "seed": seed, "version": ZOO_VERSION}
+    if family != LLAMA:  # Llama zoos keep the stamp they always had
+        stamp["llm_family"] = family.name
+    return _build_stamped(Path(out), stamp, build)
 
 
 def build_real_configs(out: Path) -> ZooPaths:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2] / "platform"
 # The test-asset builders: production code reads layouts through `dreamray.model.layouts`.
-ZOO_BUILDERS = {"dreamray.zoo", "dreamray.zoo_real", "dreamray.world_zoo"}
+ZOO_BUILDERS = {"dreamray.zoo", "dreamray.zoo_llm", "dreamray.zoo_real", "dreamray.world_zoo"}
 LAYERS_WITHOUT_ZOO = ("config", "data", "evals", "train", "orchestration", "metrics")
 # The memory planner sizes the real 7B towers from config-only dirs the zoo writes.
 ZOO_ALLOWED = {"dreamray.model.memory"}

@@ -66,8 +66,11 @@ def test_files_and_keys_are_the_reference_layout(saved, tiny_zoo):
     assert set(llm) == set(model.llm.state_dict())
     assert {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"} <= set(llm)
     config = json.loads((out / "config.json").read_text())
-    assert config["model_type"] == "llama" and config["dreamllm"]["num_dream_queries"] == 8
-    assert config["vocab_size"] == len(model.tokenizer)
+    # model type `dreamllm` (so the HF auto classes route the dir to DreamLLM), the LLM's nested
+    assert config["model_type"] == "dreamllm" and config["dreamllm"]["num_dream_queries"] == 8
+    assert config["llm_config"]["model_type"] == "llama"
+    assert config["llm_config"]["vocab_size"] == len(model.tokenizer)
+    assert config["tie_word_embeddings"] is False
     assert AutoTokenizer.from_pretrained(out).get_vocab() == model.tokenizer.get_vocab()
     assert AutoImageProcessor.from_pretrained(out).crop_size == {"height": 32, "width": 32}
 
@@ -97,8 +100,8 @@ def test_released_single_file_layout_loads(saved, tiny_zoo, tmp_path):
         k.startswith("model.clip_vision_embedding.clip_vision_model.vision_model.") for k in full
     )
     torch.save(full, tmp_path / "pytorch_model.bin")
-    config = json.loads((out / "config.json").read_text())
-    del config["dreamllm"]
+    # the released config.json: the LLaMA fields at the top level, typed `dreamllm`
+    config = json.loads((out / "config.json").read_text())["llm_config"]
     config.update(model_type="dreamllm", architectures=["DreamLLMForCausalMLM"])
     (tmp_path / "config.json").write_text(json.dumps(config))
     model.tokenizer.save_pretrained(tmp_path)

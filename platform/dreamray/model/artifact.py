@@ -1,11 +1,15 @@
-"""A DreamLLM's artifact directory, in the reference's file layout.
+"""A DreamLLM's artifact directory in our layout (the reference's file names, our config.json).
 
-Files: ``config.json`` (the LLM's HF config plus a ``dreamllm`` section that rebuilds the
-plugins), ``model.safetensors`` (the LLM only, HF keys), ``clip_vision_embedding.bin``,
-``dream_embedding.bin``, ``stable_diffusion_head.bin`` (each plugin's state dict, the reference's
-keys), the tokenizer files and ``preprocessor_config.json`` (the CLIP image processor).
-Released DreamLLM checkpoints (one ``pytorch_model.bin`` with the plugins under
-``model.clip_vision_embedding.``, ``model.dream_embedding.``, ``stable_diffusion_head.``) load too.
+Files: ``config.json`` (model type ``dreamllm``: the LLM's HF config under ``llm_config``, a
+``dreamllm`` section that rebuilds the plugins; `dreamray.model.plugin_config.DreamLLMHFConfig`
+reads it, so `AutoModelForCausalLM.from_pretrained(dir)` loads the DreamLLM once ``dreamray`` is
+imported), ``model.safetensors`` (the LLM only, HF keys; above ``max_shard_size`` HF's
+``model-0000N-of-0000M.safetensors`` + ``model.safetensors.index.json``),
+``clip_vision_embedding.bin``, ``dream_embedding.bin``, ``stable_diffusion_head.bin`` (each
+plugin's state dict, the reference's keys), the tokenizer files and
+``preprocessor_config.json`` (the CLIP image processor).
+The reference's own layout (its ``config.json``, released ``pytorch_model.bin``) is
+`dreamray.model.reference_layout`, built on this module's checked loaders.
 """
 
 from __future__ import annotations
@@ -33,7 +37,12 @@ from dreamray.contracts import (
 )
 from dreamray.files import atomic_dir, atomic_write_json
 from dreamray.model import towers
-from dreamray.model.plugin_config import DreamLLMConfig
+from dreamray.model.plugin_config import (
+    DREAMLLM_MODEL_TYPE,
+    LLM_CONFIG_KEY,
+    DreamLLMConfig,
+    artifact_config_dict,
+)
 from dreamray.model.plugins import DreamEmbedding
 
 if TYPE_CHECKING:
@@ -79,7 +88,7 @@ def split_state_dict(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torc
         else:
             stray.append(key)
     if stray:
-        raise ArtifactError(f"state dict keys of no part: {_names(stray)}")
+        raise ArtifactError(f"state dict keys of no part: {format_keys(stray)}")
     return parts
 
 
@@ -119,7 +128,10 @@ def from_file_keys(model: DreamLLM, name: str, state: dict[str, torch.Tensor]) -
     }
 
 
-def save_dreamllm(model: DreamLLM, out_dir: str | Path, state_dict: dict | None = None) -> Path:
+def save_dreamllm(
+    model: DreamLLM, out_dir: str | Path, state_dict: dict | None = None,
+    max_shard_size: int | str = "10GB",
+) -> Path:
     """Write a model's artifact dir atomically (a temp dir next to it, then a rename).
 
     Args:
@@ -127,6 +139,7 @@ def save_dreamllm(model: DreamLLM, out_dir: str | Path, state_dict: dict | None 
         out_dir: the artifact dir; replaced if it exists.
         state_dict: the full state dict to save instead of ``model.state_dict()`` (e.g. one
             consolidated from ZeRO-3 shards).
+        max_shard_size: the LLM's weights above this size are sharded (HF's naming and index).
 
     Returns:
         The artifact dir.
@@ -134,9 +147,11 @@ def save_dreamllm(model: DreamLLM, out_dir: str | Path, state_dict: dict | None 
     out_dir = Path(out_dir)
     parts = split_state_dict(state_dict if state_dict is not None else model.state_dict())
     with atomic_dir(out_dir) as tmp:
-        model.llm.save_pretrained(tmp, state_dict=parts[LLM_MODULE], max_shard_size="1000GB")
-        config = json.loads((tmp / CONFIG_FILE).read_text())
-        config[DREAMLLM_SECTION] = model.dreamllm_config.to_dict()
+        model.llm.save_pretrained(tmp, state_dict=parts[LLM_MODULE], max_shard_size=max_shard_size)
+        llm_config = json.loads((tmp / CONFIG_FILE).read_text())
+        head = model.llm.get_output_embeddings()
+        tied = head is not None and head.weight is model.llm.get_input_embeddings().weight
+        config = artifact_config_dict(llm_config, model.dreamllm_config, tied)
         atomic_write_json(tmp / CONFIG_FILE, config)
         for name in PLUGIN_MODULES:
             torch.save(to_file_keys(model, name, parts[name]), tmp / PLUGIN_FILES[name])
@@ -145,7 +160,8 @@ def save_dreamllm(model: DreamLLM, out_dir: str | Path, state_dict: dict | None 
     return out_dir
 
 
-def _names(keys: list[str]) -> str:
+def format_keys(keys: list[str]) -> str:
+    """Keys for an error message: sorted, cut after the first 20 (`[a, b] (+3 more)`)."""
     shown = ", ".join(sorted(keys)[:_MAX_NAMES])
     more = f" (+{len(keys) - _MAX_NAMES} more)" if len(keys) > _MAX_NAMES else ""
     return f"[{shown}]{more}"
@@ -172,11 +188,11 @@ def load_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str)
     ]
     problems = []
     if missing:
-        problems.append(f"missing keys {_names(missing)}")
+        problems.append(f"missing keys {format_keys(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys {_names(unexpected)}")
+        problems.append(f"unexpected keys {format_keys(unexpected)}")
     if mismatched:
-        problems.append(f"shape mismatches {_names(mismatched)}")
+        problems.append(f"shape mismatches {format_keys(mismatched)}")
     if problems:
         raise ArtifactError(f"{source}: " + "; ".join(problems))
     module.load_state_dict(state, strict=True)
@@ -230,19 +246,29 @@ def load_plugins_into(model: DreamLLM, path: str | Path) -> None:
         load_checked(getattr(model, name), from_file_keys(model, name, state), str(source))
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """A dir's parsed ``config.json``.
+
+    Raises:
+        ArtifactError: when there is none.
+    """
+    if not (path / CONFIG_FILE).is_file():
+        raise ArtifactError(f"{path}: no {CONFIG_FILE}")
+    return json.loads((path / CONFIG_FILE).read_text())
+
+
 def load_dreamllm(
     cls: type[DreamLLM], path: str | Path, spec: ModelSpec | None = None,
     dtype: torch.dtype | None = None,
 ) -> DreamLLM:
-    """Load a DreamLLM from an artifact dir (ours, or a released checkpoint); called as
-    `DreamLLM.from_pretrained(path, spec=..., dtype=...)`.
+    """Load a DreamLLM from an artifact dir of our layout; called (through
+    `DreamLLM.from_pretrained`) for every dir whose config is not the reference's.
 
     Args:
         cls: the model class (`DreamLLM`).
         path: the artifact dir.
         spec: optional; its training options (condition dropout, min-SNR, gradient checkpointing)
-            replace the saved ones, and its shapes must match the artifact. Required for a
-            released checkpoint, whose dir has no tower configs (read from ``spec``'s paths).
+            replace the saved ones, and its shapes must match the artifact.
         dtype: parameter dtype (None: as stored).
 
     Returns:
@@ -252,24 +278,27 @@ def load_dreamllm(
         ArtifactError: on a missing file or config, or weights that do not fit.
     """
     path = Path(path)
-    if not (path / CONFIG_FILE).is_file():
-        raise ArtifactError(f"{path}: no {CONFIG_FILE}")
-    config = json.loads((path / CONFIG_FILE).read_text())
-    if DREAMLLM_SECTION in config:
-        cfg = DreamLLMConfig.from_dict(config[DREAMLLM_SECTION])
-        llm, tokenizer = _load_llm(path)
-    elif (path / RELEASED_WEIGHTS).is_file():
-        if spec is None:
-            raise ArtifactError(f"{path} is a released checkpoint without tower configs: pass spec")
-        cfg = towers.plugin_config(spec)
-        llm, tokenizer = _load_released_llm(path, config)
-    else:
-        raise ArtifactError(
-            f"{path}: neither a `{DREAMLLM_SECTION}` config section nor {RELEASED_WEIGHTS}"
-        )
-    cfg = _apply_spec(cfg, spec)
-    model = _assemble(cls, llm, tokenizer, cfg)
+    config = read_config(path)
+    if DREAMLLM_SECTION not in config:
+        raise ArtifactError(f"{path / CONFIG_FILE}: no `{DREAMLLM_SECTION}` section")
+    cfg = apply_spec(DreamLLMConfig.from_dict(config[DREAMLLM_SECTION]), spec)
+    llm, tokenizer = _load_llm(path, config)
+    model = assemble(cls, llm, tokenizer, cfg)
     load_plugins_into(model, path)
+    return finish(model, spec, dtype)
+
+
+def finish(model: DreamLLM, spec: ModelSpec | None, dtype: torch.dtype | None) -> DreamLLM:
+    """A loaded model's last steps: towers frozen, `dtype`, the spec's gradient checkpointing.
+
+    Args:
+        model: the filled model.
+        spec: the caller's spec, if any.
+        dtype: parameter dtype (None: keep).
+
+    Returns:
+        `model`.
+    """
     towers.freeze_towers(model)
     if dtype is not None:
         model.to(dtype)
@@ -278,7 +307,12 @@ def load_dreamllm(
     return model
 
 
-def _apply_spec(cfg: DreamLLMConfig, spec: ModelSpec | None) -> DreamLLMConfig:
+def apply_spec(cfg: DreamLLMConfig, spec: ModelSpec | None) -> DreamLLMConfig:
+    """The saved plugin config with a spec's training options; its shapes must be the saved.
+
+    Raises:
+        ArtifactError: when the spec's queries or projectors differ from the artifact's.
+    """
     if spec is None:
         return cfg
     saved = (cfg.num_dream_queries, cfg.vision_projector, cfg.condition_projector)
@@ -295,8 +329,9 @@ def _apply_spec(cfg: DreamLLMConfig, spec: ModelSpec | None) -> DreamLLMConfig:
     )
 
 
-def _assemble(cls: type[DreamLLM], llm: nn.Module, tokenizer: Any,
-              cfg: DreamLLMConfig) -> DreamLLM:
+def assemble(cls: type[DreamLLM], llm: nn.Module, tokenizer: Any,
+             cfg: DreamLLMConfig) -> DreamLLM:
+    """The model around a loaded LLM, with plugins built from `cfg` (weights not loaded yet)."""
     dim = llm.get_input_embeddings().embedding_dim
     return cls(
         llm,
@@ -308,12 +343,33 @@ def _assemble(cls: type[DreamLLM], llm: nn.Module, tokenizer: Any,
     )
 
 
-def _load_llm(path: Path) -> tuple[nn.Module, Any]:
+def llm_config_of(config: dict[str, Any]) -> Any:
+    """The LLM's HF config inside an artifact's ``config.json``.
+
+    Args:
+        config: the parsed ``config.json``: model type ``dreamllm`` with the LLM's config under
+            ``llm_config``, or (artifacts written before that layout) the LLM's own config with
+            a ``dreamllm`` section added.
+
+    Returns:
+        The LLM's config object (e.g. a `LlamaConfig`).
+    """
+    from transformers import AutoConfig
+
+    if config["model_type"] == DREAMLLM_MODEL_TYPE:
+        fields = dict(config[LLM_CONFIG_KEY])
+    else:
+        fields = {k: v for k, v in config.items() if k != DREAMLLM_SECTION}
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+def _load_llm(path: Path, config: dict[str, Any]) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    # the LLM's config is passed in: the dir's own model type routes to DreamLLM, not to it
     llm, info = AutoModelForCausalLM.from_pretrained(
-        path, local_files_only=True, output_loading_info=True
+        path, config=llm_config_of(config), local_files_only=True, output_loading_info=True
     )
     bad = {
         k: v
@@ -322,22 +378,4 @@ def _load_llm(path: Path) -> tuple[nn.Module, Any]:
     }
     if bad:
         raise ArtifactError(f"{path / LLM_WEIGHTS}: {bad}")
-    del llm.config.dreamllm  # the plugin section belongs to the artifact, not the HF config
-    return llm, tokenizer
-
-
-def _load_released_llm(path: Path, config: dict[str, Any]) -> tuple[nn.Module, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    # the released config is a LLaMA config under model_type "dreamllm" plus plugin fields
-    fields = {
-        k: v for k, v in config.items() if k not in ("model_type", "architectures", "auto_map")
-    }
-    with towers.skip_init():
-        llm = AutoModelForCausalLM.from_config(LlamaConfig(**fields))
-    full = _torch_load(path / RELEASED_WEIGHTS)
-    plugin_prefixes = tuple(RELEASED_PREFIXES.values())
-    state = {k: v for k, v in full.items() if not k.startswith(plugin_prefixes)}
-    load_checked(llm, state, str(path / RELEASED_WEIGHTS))
     return llm, tokenizer

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from dreamray.model import artifact
+from dreamray.model import artifact, reference_layout, shards
 from dreamray.model import blocks as blk
 from dreamray.model.diffusion import StableDiffusionHead
 from dreamray.model.losses import lm_loss_sum
 from dreamray.model.plugin_config import DreamLLMConfig
 from dreamray.model.plugins import CLIPVisionEmbedding, DreamEmbedding
+from dreamray.model.reference_config import TowerPaths
 from dreamray.model.tokens import SpecialTokenIds
 
 
@@ -317,13 +318,41 @@ class DreamLLM(nn.Module):
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.llm.config.use_cache = False
 
-    def save_pretrained(self, out_dir: str | Path, state_dict: dict | None = None) -> Path:
-        """Write the artifact dir; see `dreamray.model.artifact.save_dreamllm`."""
-        return artifact.save_dreamllm(self, out_dir, state_dict=state_dict)
+    def save_pretrained(
+        self, out_dir: str | Path, state_dict: dict | None = None, *,
+        layout: Literal["dreamray", "reference"] = "dreamray",
+        max_shard_size: int | str = shards.DEFAULT_MAX_SHARD_SIZE,
+        towers: TowerPaths | None = None,
+    ) -> Path:
+        """Write the model's dir.
+
+        Args:
+            out_dir: the dir; replaced if it exists.
+            state_dict: the full state dict to save instead of ``self.state_dict()``.
+            layout: ``dreamray`` (`dreamray.model.artifact.save_dreamllm`) or ``reference``,
+                the reference's own layout (`dreamray.model.reference_layout.save_reference`).
+            max_shard_size: the LLM's weights above this size are sharded.
+            towers: the tower dirs the reference layout records (required for it).
+
+        Returns:
+            The dir.
+
+        Raises:
+            ValueError: on an unknown layout, or the reference layout without `towers`.
+        """
+        if layout == "dreamray":
+            return artifact.save_dreamllm(self, out_dir, state_dict, max_shard_size)
+        if layout != "reference" or towers is None:
+            raise ValueError(f"layout must be 'dreamray' or 'reference' (with towers=), got "
+                             f"{layout!r}, towers={towers!r}")
+        return reference_layout.save_reference(self, out_dir, towers, state_dict, max_shard_size)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> DreamLLM:
-        """Load an artifact dir; see `dreamray.model.artifact.load_dreamllm`."""
+        """Load a dir of either layout; see `dreamray.model.artifact.load_dreamllm` and
+        `dreamray.model.reference_layout.load_reference` (chosen by its ``config.json``)."""
+        if reference_layout.is_reference_dir(path):
+            return reference_layout.load_reference(cls, path, **kwargs)
         return artifact.load_dreamllm(cls, path, **kwargs)
 
 

@@ -1,10 +1,15 @@
 """`DreamLLMConfig`: what rebuilds a DreamLLM's plugins besides the LLM's own config (the
-``dreamllm`` section of an artifact's ``config.json``)."""
+``dreamllm`` section of an artifact's ``config.json``), and `DreamLLMHFConfig`, the whole
+``config.json`` as a Hugging Face config of model type ``dreamllm``."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+# Not `from transformers import ...` and nothing of `transformers.models.auto`: this module is
+# imported from inside that package's import (`dreamray.model.hf_import_hook`).
+from transformers.configuration_utils import PreTrainedConfig
 
 from dreamray.config.specs import ProjectorSpec
 
@@ -47,3 +52,49 @@ class DreamLLMConfig:
         for key in ("vision_projector", "condition_projector"):
             values[key] = ProjectorSpec(**data[key])
         return cls(**values)
+
+
+DREAMLLM_MODEL_TYPE = "dreamllm"
+DREAMLLM_ARCHITECTURE = "DreamLLM"
+LLM_CONFIG_KEY = "llm_config"
+
+
+class DreamLLMHFConfig(PreTrainedConfig):
+    """An artifact's ``config.json`` as a Hugging Face config (``model_type`` ``dreamllm``).
+
+    The LLM's own config is nested under ``llm_config`` as the LLM saved it (any causal LM
+    type; `dreamray.model.artifact.llm_config_of` rebuilds it) and the plugin section under
+    ``dreamllm`` (`DreamLLMConfig.to_dict`), so `AutoConfig` / `AutoModelForCausalLM` can route
+    the dir to `DreamLLM` (`dreamray.model.hf_registration`). ``tie_word_embeddings`` repeats
+    the LLM's at the top: callers that ask an artifact's config whether ``lm_head`` has weights
+    of its own (the preflight) get the LLM's answer.
+    """
+
+    model_type = DREAMLLM_MODEL_TYPE
+
+    llm_config: dict | None = None
+    dreamllm: dict | None = None
+    tie_word_embeddings: bool = False
+
+
+def artifact_config_dict(
+    llm_config: dict[str, Any], plugins: DreamLLMConfig, tie_word_embeddings: bool
+) -> dict[str, Any]:
+    """The ``config.json`` of an artifact: the LLM's saved config nested under the DreamLLM type.
+
+    Args:
+        llm_config: what the LLM's ``save_pretrained`` wrote to ``config.json``.
+        plugins: the plugin configuration.
+        tie_word_embeddings: whether the LLM's ``lm_head`` is its input embedding (written out:
+            the LLM's file omits values equal to its class default).
+
+    Returns:
+        A JSON-ready dict that `DreamLLMHFConfig` reads.
+    """
+    return {
+        "model_type": DREAMLLM_MODEL_TYPE,
+        "architectures": [DREAMLLM_ARCHITECTURE],
+        "tie_word_embeddings": tie_word_embeddings,
+        LLM_CONFIG_KEY: llm_config,
+        "dreamllm": plugins.to_dict(),
+    }

@@ -3,7 +3,8 @@
 `ToyTrainer` is not a stub that makes tests pass: it trains a few tensors for
 `stage.total_steps` steps, checkpoints every step under the Ray Train storage path and run name
 it is given, resumes from the latest checkpoint when started again with the same run name (as
-Ray Train does), can fail once at a chosen step, and publishes an artifact in the DreamLLM
+Ray Train does), stops after a step when its run dir holds a preemption request (as the train
+worker does), can fail once at a chosen step, and publishes an artifact in the DreamLLM
 layout (plugin `.bin` files with the reference keys, config.json, tokenizer.json, stage.json)
 that the real merge validates. Its bytes depend only on the spec and the inputs, like a seeded
 trainer, so re-making an artifact reproduces it.
@@ -22,6 +23,7 @@ from dreamray.contracts import TRAIN_KIND
 from dreamray.files import publish_dir, staging_dir
 from dreamray.orchestration.context import StageContext, StageOutcome
 from dreamray.orchestration.manifest import ManifestRecord, build_manifest, write_manifest
+from dreamray.train.preemption import PREEMPT_FILE, clear_preemption
 
 WIDTH, CLIP_DIM, COND_DIM = 8, 4, 6
 
@@ -71,6 +73,7 @@ class ToyTrainer:
     def __call__(self, stage, ctx: StageContext) -> StageOutcome:
         started = time.time()
         run_dir = Path(ctx.train_storage) / ctx.train_run_name
+        clear_preemption(str(run_dir))
         step, weight = self._restore(run_dir)
         resumed_from = step
         history = []
@@ -83,6 +86,8 @@ class ToyTrainer:
             ckpt = run_dir / f"checkpoint_{step:06d}"
             ckpt.mkdir(parents=True, exist_ok=True)
             (ckpt / "state.json").write_text(json.dumps({"step": step, "weight": weight}))
+            if (run_dir / PREEMPT_FILE).is_file() and step < stage.total_steps:
+                raise RuntimeError(f"preempted: stopped on request after step {step}")
         self._publish(stage, ctx, step)
         return StageOutcome(
             artifact_dir=ctx.artifact_dir, steps=step,

@@ -37,6 +37,8 @@ CONFIG_FILE = "config.json"
 LLM_WEIGHTS = "model.safetensors"
 RELEASED_WEIGHTS = "pytorch_model.bin"
 PROCESSOR_FILE = "preprocessor_config.json"
+# A train stage artifact's Hugging Face model card (`dreamray.model.model_card`).
+MODEL_CARD_FILE = "README.md"
 # A diffusers pipeline dir's index (`unet/`, `vae/`, `scheduler/`, ...).
 MODEL_INDEX_FILE = "model_index.json"
 # The tokenizer files Hugging Face may write for the tokenizers we load.
@@ -53,6 +55,13 @@ TRAIN_KIND = "train"
 MERGE_KIND = "merge"
 EVAL_KIND = "eval"
 DEFAULT_STAGE_KIND = TRAIN_KIND
+
+# The numbers every optimizer step reports (`dreamray.train.loop.StepMetrics`; a unit test keeps
+# the two in step): what a sweep may select its winner by.
+STEP_METRICS: tuple[str, ...] = (
+    "loss", "lm_loss", "vm_loss", "lr", "grad_norm", "step_time_s", "data_wait_s",
+    "tokens_per_s", "samples_per_s", "images_per_s",
+)
 
 # Model sources: the recipe's base towers, another stage's artifact, or a local directory.
 BASE_SOURCE = "base"

@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -104,6 +105,16 @@ class LocalCluster:
                 return status
             time.sleep(2)
         raise TimeoutError(f"job {submission_id} still {status} after {timeout}s")
+
+
+def build_tiny_assets() -> Path:
+    """The tiny zoo, shards and eval sets under .cache/tiny, as `make tiny` builds them."""
+    tiny = REPO / ".cache" / "tiny"
+    for module, out in (("dreamray.zoo", "zoo"), ("dreamray.data.tiny", "data"),
+                        ("dreamray.evals.tiny", "evals")):
+        args = [sys.executable, "-m", module] + (["tiny"] if module == "dreamray.zoo" else [])
+        subprocess.run(args + ["--out", str(tiny / out)], cwd=REPO, check=True, timeout=900)
+    return tiny
 
 
 def start_cluster(head_cpus: int, worker_cpus: int) -> LocalCluster:

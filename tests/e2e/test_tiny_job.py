@@ -13,20 +13,24 @@ both stage-I gangs and each keeps a CPU for its data pipeline.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from local_cluster import REPO, LocalCluster, skipped_stages, start_cluster, stop_cluster
+from local_cluster import (
+    REPO,
+    LocalCluster,
+    build_tiny_assets,
+    skipped_stages,
+    start_cluster,
+    stop_cluster,
+)
 
 from dreamray.config import load_recipe, parse_overrides
 from dreamray.orchestration.identity import stage_identities
 from dreamray.orchestration.ledger import Ledger
 from dreamray.orchestration.storage import RunStorage
 
-TINY = REPO / ".cache" / "tiny"
 STAGE_ONE = ("stage1_comprehension", "stage1_creation")
 CPUS = "stage_defaults.scaling.cpus_per_worker=2.0"
 JOB_TIMEOUT_S = 1500
@@ -43,11 +47,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def tiny_assets() -> Path:
     """The tiny zoo, shards and eval sets under .cache/tiny, as `make tiny` builds them."""
-    for module, out in (("dreamray.zoo", "zoo"), ("dreamray.data.tiny", "data"),
-                        ("dreamray.evals.tiny", "evals")):
-        args = [sys.executable, "-m", module] + (["tiny"] if module == "dreamray.zoo" else [])
-        subprocess.run(args + ["--out", str(TINY / out)], cwd=REPO, check=True, timeout=900)
-    return TINY
+    return build_tiny_assets()
 
 
 @pytest.fixture(scope="module")

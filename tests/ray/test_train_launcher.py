@@ -8,6 +8,8 @@ tests read the outcomes.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,12 +19,13 @@ from dreamray.config.load import load_recipe
 from dreamray.model.dreamllm import DreamLLM
 from dreamray.model.groups import GROUP_NAMES, parameters_by_group
 from dreamray.orchestration.context import StageContext
-from dreamray.orchestration.launcher import run_train_stage
+from dreamray.orchestration.launcher import StagePreempted, run_train_stage
 from dreamray.orchestration.merge import run_merge_stage
 from dreamray.orchestration.preflight import StageCheckError, check_train_stage, resolve_init
 from dreamray.orchestration.train_data import data_state_of, latest_checkpoint
 from dreamray.train.engine import build_stage_model
 from dreamray.train.faults import FAULT_ENV
+from dreamray.train.preemption import PREEMPT_FILE, preempt_request
 
 REPO = Path(__file__).resolve().parents[2]
 # Set at collection, before the session's Ray cluster starts: Train's controller polls workers
@@ -117,6 +120,56 @@ def test_killed_worker_resumes_to_the_planned_step(recipe, trained, monkeypatch)
     resumed = {r["step"]: r["loss"] for r in out.history}
     assert resumed[3] == pytest.approx(reference[3], rel=1e-6)
     assert resumed[planned] == pytest.approx(reference[planned], rel=1e-6)
+
+
+def test_damaged_final_checkpoint_falls_back_to_the_previous_one(recipe, trained):
+    storage, outcomes = trained
+    name = "stage1_comprehension"
+    stage = recipe.stages[name]
+    _train(recipe, name, storage, {}, run_name="comprehension-damaged")
+    run_dir = storage / "comprehension-damaged"
+    final = Path(latest_checkpoint(str(run_dir)).path)
+    shard = max((p for p in (final / "ds").rglob("*") if p.is_file()),
+                key=lambda p: p.stat().st_size)
+    shard.write_bytes(shard.read_bytes()[:100])  # a torn upload
+    out, _ = _train(recipe, name, storage, {}, run_name="comprehension-damaged")
+    (event, detail), = out.events
+    assert event == "checkpoint_fallback" and detail.startswith(final.name)
+    assert "100 bytes" in detail
+    planned = stage.total_steps
+    assert out.steps == planned and out.samples == planned * stage.deepspeed.global_batch_size
+    reference = {r["step"]: r["loss"] for r in outcomes[name][0].history}
+    retrained = {r["step"]: r["loss"] for r in out.history if r["ended_at"] > final.stat().st_mtime}
+    assert min(retrained) == 3  # resumed from the step-2 checkpoint, not from scratch
+    assert retrained[planned] == pytest.approx(reference[planned], rel=1e-6)
+    data = data_state_of(latest_checkpoint(str(run_dir)))
+    assert data.counters.samples == out.samples
+    assert len(data.consumed) == data.counters.samples + data.counters.num_skipped
+
+
+def test_a_preemption_request_stops_the_gang_at_a_step_and_the_rerun_finishes(recipe, trained):
+    storage, outcomes = trained
+    name = "stage1_comprehension"
+    run_dir = storage / "comprehension-preempted"
+
+    def ask_once_the_run_starts():  # the launcher clears old requests before fit() starts
+        deadline = time.time() + 120
+        while not run_dir.is_dir() and time.time() < deadline:
+            time.sleep(0.05)
+        (run_dir / PREEMPT_FILE).write_text(preempt_request("test"))
+
+    asker = threading.Thread(target=ask_once_the_run_starts, daemon=True)
+    asker.start()
+    with pytest.raises(StagePreempted, match=r"after step 1 with a checkpoint.*re-submit"):
+        _train(recipe, name, storage, {}, run_name="comprehension-preempted")
+    asker.join()
+    out, _ = _train(recipe, name, storage, {}, run_name="comprehension-preempted")
+    planned = recipe.stages[name].total_steps
+    assert out.steps == planned and not (run_dir / PREEMPT_FILE).exists()
+    reference = {r["step"]: r["loss"] for r in outcomes[name][0].history}
+    assert {r["step"]: r["loss"] for r in out.history} == pytest.approx(reference, rel=1e-6)
+    data = data_state_of(latest_checkpoint(str(run_dir)))
+    assert len(data.consumed) == data.counters.samples + data.counters.num_skipped == out.samples
 
 
 def test_preflight_reports_every_problem(recipe, tmp_path):

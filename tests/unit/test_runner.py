@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from dreamray.orchestration.backends import ThreadBackend
 from dreamray.orchestration.executors import run_eval
 from dreamray.orchestration.ledger import Ledger
 from dreamray.orchestration.merge import run_merge_stage
-from dreamray.orchestration.runner import DagRunner, PreflightError, RunFailed
+from dreamray.orchestration.runner import DagRunner, PreflightError, RunFailed, RunPreempted
 from dreamray.orchestration.storage import RunStorage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -237,3 +238,95 @@ def test_a_second_driver_on_a_live_run_dir_starts_nothing(tmp_path):
     storage.delete_file(LEASE_FILE)  # that driver ended
     assert _run(tmp_path / "run").states["sft"] == "done"
     assert not storage.exists(LEASE_FILE)  # released at the end
+
+
+def test_events_and_skips_a_stage_reports_reach_its_record_and_the_report(tmp_path):
+    toy = ToyTrainer(step_s=0.01)
+
+    def trainer_that_fell_back(stage, ctx):
+        outcome = toy(stage, ctx)
+        if ctx.name == "stage2":
+            outcome.events = [("checkpoint_fallback", "checkpoint_b: meta.json missing")]
+            outcome.skipped = {"image_transform_failed": 2, "too_long": 1}
+        return outcome
+
+    summary = _run(tmp_path / "run", trainer=trainer_that_fell_back)
+    ledger = Ledger(RunStorage(str(tmp_path / "run")))
+    events = [(e["event"], e["detail"]) for e in ledger.read("stage2").events]
+    assert ("checkpoint_fallback", "checkpoint_b: meta.json missing") in events
+    assert events[-1][0] == "done" and summary.states["stage2"] == "done"
+    assert all(e["event"] != "checkpoint_fallback" for e in ledger.read("sft").events)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "- stage2 skipped 3 samples: image_transform_failed=2, too_long=1" in report
+    assert "- sft skipped" not in report
+
+
+def test_a_stop_request_checkpoints_the_running_stages_and_the_rerun_continues(tmp_path):
+    recipe = load_recipe(TINY, {"root": "/x"}, check_paths=False)
+    executors = {"train": ToyTrainer(step_s=0.2), "merge": run_merge_stage, "eval": run_eval}
+    backend = ThreadBackend([{"CPU": 4.0}])
+    runner = DagRunner(recipe, str(tmp_path / "run"), backend, executors, poll_s=0.05)
+    asker = threading.Timer(0.5, runner.request_stop, args=("SIGTERM to the driver",))
+    asker.start()  # during stage I: both branches are running
+    try:
+        with pytest.raises(RunPreempted, match=r"SIGTERM to the driver.*re-submit"):
+            runner.run()
+    finally:
+        asker.cancel()
+        backend.close()
+    ledger = Ledger(RunStorage(str(tmp_path / "run")))
+    for name in STAGE_ONE:
+        record = ledger.read(name)
+        assert record.status == "failed" and "preempted: stopped on request" in record.error
+    assert ledger.read("merge") is None and ledger.read("stage2") is None  # never started
+    resumed = _run(tmp_path / "run")
+    assert set(resumed.states.values()) == {"done"}
+    for name in STAGE_ONE:
+        assert 0 < resumed.records[name].metrics["resumed_from_step"] < 4
+
+
+def test_stages_still_running_when_the_grace_period_ends_are_recorded_as_stopped(tmp_path):
+    recipe = load_recipe(TINY, {"root": "/x", "stage_defaults.checkpoint.preemption_grace_s": 0.2},
+                         check_paths=False)
+    executors = {"train": ToyTrainer(step_s=1.0), "merge": run_merge_stage, "eval": run_eval}
+    backend = ThreadBackend([{"CPU": 4.0}])
+    runner = DagRunner(recipe, str(tmp_path / "run"), backend, executors, poll_s=0.05)
+    runner.request_stop("SIGTERM to the driver")  # before anything starts: nothing does
+    with pytest.raises(RunPreempted):
+        runner.run()
+    assert runner.dag.unfinished() == list(recipe.topological_order())
+    runner = DagRunner(recipe, str(tmp_path / "run2"), backend, executors, poll_s=0.05)
+    threading.Timer(0.3, runner.request_stop, args=("SIGTERM to the driver",)).start()
+    try:
+        with pytest.raises(RunPreempted):
+            runner.run()  # steps of 1 s: no stage reaches a step boundary within 0.2 s
+    finally:
+        backend.close()
+    record = Ledger(RunStorage(str(tmp_path / "run2"))).read("stage1_creation")
+    assert record.status == "failed"
+    assert "still running when the grace period (0.2 s) ended" in record.error
+
+
+def test_an_eval_whose_manifest_write_runs_out_of_space_is_not_done(tmp_path, monkeypatch):
+    import errno
+
+    import dreamray.files as files
+
+    replace = files.os.replace
+
+    def no_space_for_stage_json(src, dst):
+        if str(dst).endswith("stage.json") and "coco_fid" in str(dst):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", no_space_for_stage_json)
+    with pytest.raises(RunFailed, match=r"coco_fid: OSError: \[Errno 28\] No space left"):
+        _run(tmp_path / "run")
+    record = Ledger(RunStorage(str(tmp_path / "run"))).read("coco_fid")
+    assert record.status == "failed" and "stage.json" in record.error
+    (artifact,) = (tmp_path / "run" / "artifacts").glob("coco_fid-*")
+    assert not (artifact / "stage.json").exists()
+    assert not [p for p in artifact.iterdir() if p.name.startswith(".")]  # no temp file left
+    monkeypatch.setattr(files.os, "replace", replace)
+    summary = _run(tmp_path / "run")
+    assert summary.states["coco_fid"] == "done" and summary.states["stage2"] == "skipped"

@@ -4,6 +4,7 @@ exact resume, NaN steps, export. Batches are hand-built and fixed (tests/unit/mo
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +12,10 @@ from train_helpers import fixed_batches, nan_batch, tiny_stage
 
 from dreamray.model.dreamllm import DreamLLM
 from dreamray.model.groups import GROUP_NAMES, parameters_by_group
+from dreamray.train.checkpoint import NoUsableCheckpointError, read_meta
 from dreamray.train.engine import build_stage_model
 from dreamray.train.loop import DataExhaustedError, NanLossError
+from dreamray.train.preemption import PREEMPT_FILE, clear_preemption, preempt_request
 from dreamray.train.run import ARTIFACT_SUBDIR, RunInfo
 from dreamray.train.session import LocalSession
 from dreamray.train.worker import train_worker
@@ -109,23 +112,32 @@ def test_export_changes_exactly_the_trainable_groups(zero_runs, zero, precision)
     assert DreamLLM.from_pretrained(artifact).dream_embedding.dream_queries.dtype == torch.float32
 
 
-def test_resume_continues_exactly(tiny_zoo, tmp_path):
-    stage = tiny_stage(tiny_zoo, "stage2", steps=5,
-                       checkpoint={"every_n_steps": 2, "keep_last": 2, "max_failures": 0})
-    reference = _losses(_run(stage, tmp_path / "ref", fixed_batches(tiny_zoo, stage)))
+class _Crash(Exception):
+    pass
 
-    class Crash(Exception):
-        pass
 
+def _crash_inside_step(tiny_zoo, stage, root, step) -> None:
+    """Train until the first micro-batch of optimizer step `step`, then die."""
     def crashing(n_micro):
         for i, batch in enumerate(fixed_batches(tiny_zoo, stage)):
             if i == n_micro:
-                raise Crash
+                raise _Crash
             yield batch
 
-    accum = stage.grad_accumulation_steps
-    with pytest.raises(Crash):  # dies inside step 4: the last checkpoint is after step 2
-        _run(stage, tmp_path / "run", crashing(3 * accum + 1))
+    with pytest.raises(_Crash):
+        _run(stage, root, crashing((step - 1) * stage.grad_accumulation_steps + 1))
+
+
+def _every_two_steps(tiny_zoo, steps=5):
+    return tiny_stage(tiny_zoo, "stage2", steps=steps,
+                      checkpoint={"every_n_steps": 2, "keep_last": 2, "max_failures": 0})
+
+
+def test_resume_continues_exactly(tiny_zoo, tmp_path):
+    stage = _every_two_steps(tiny_zoo)
+    reference = _losses(_run(stage, tmp_path / "ref", fixed_batches(tiny_zoo, stage)))
+    # dies inside step 4: the last checkpoint is after step 2
+    _crash_inside_step(tiny_zoo, stage, tmp_path / "run", 4)
     resumed = _run(stage, tmp_path / "run", fixed_batches(tiny_zoo, stage))
     steps = [r["step"] for r in resumed.reports]
     assert steps[0] == 3 and steps[-1] == 5
@@ -155,3 +167,64 @@ def test_data_exhausted_stops_clearly(tiny_zoo, tmp_path):
     batches = itertools.islice(fixed_batches(tiny_zoo, stage), 3)
     with pytest.raises(DataExhaustedError):
         _run(stage, tmp_path, batches)
+
+
+def _damage(checkpoint: Path, how: str) -> str:
+    """Truncate the largest file (a torn upload) or remove the rank's loop state."""
+    if how == "truncate":
+        victim = max((p for p in checkpoint.rglob("*") if p.is_file()),
+                     key=lambda p: p.stat().st_size)
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    else:
+        victim = checkpoint / "ranks" / "rank_0" / "train_state.json"
+        victim.unlink()
+    return victim.relative_to(checkpoint).as_posix()
+
+
+@pytest.mark.parametrize("how", ["truncate", "remove"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(tiny_zoo, tmp_path, how):
+    stage = _every_two_steps(tiny_zoo, steps=6)
+    reference = _losses(_run(stage, tmp_path / "ref", fixed_batches(tiny_zoo, stage)))
+    _crash_inside_step(tiny_zoo, stage, tmp_path / "run", 6)  # checkpoints after steps 2, 4
+    latest = sorted((tmp_path / "run").glob("checkpoint_*"))[-1]
+    damaged = _damage(latest, how)
+    resumed = _run(stage, tmp_path / "run", fixed_batches(tiny_zoo, stage))
+    assert len(resumed.passed_over) == 1
+    assert resumed.passed_over[0].startswith(latest.name) and damaged in resumed.passed_over[0]
+    steps = [r["step"] for r in resumed.reports]
+    assert steps[0] == 3 and steps[-1] == 6  # from step 2's checkpoint, not from scratch
+    assert resumed.reports[-1]["samples_global"] == 6 * stage.deepspeed.global_batch_size
+    assert _losses(resumed) == pytest.approx(reference[2:], rel=1e-6)
+
+
+def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tiny_zoo, tmp_path):
+    stage = _every_two_steps(tiny_zoo)
+    _crash_inside_step(tiny_zoo, stage, tmp_path / "run", 4)  # one checkpoint, after step 2
+    (only,) = sorted((tmp_path / "run").glob("checkpoint_*"))
+    (only / "meta.json").unlink()
+    with pytest.raises(NoUsableCheckpointError, match="meta.json missing"):
+        _run(stage, tmp_path / "run", fixed_batches(tiny_zoo, stage))
+
+
+def test_a_preemption_request_checkpoints_at_the_step_and_the_rerun_continues(tiny_zoo, tmp_path):
+    stage = _every_two_steps(tiny_zoo, steps=6)
+    reference = _losses(_run(stage, tmp_path / "ref", fixed_batches(tiny_zoo, stage)))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    def asking_during_step_3():
+        for i, batch in enumerate(fixed_batches(tiny_zoo, stage)):
+            if i == 2 * stage.grad_accumulation_steps:  # step 3's first micro-batch
+                (run_dir / PREEMPT_FILE).write_text(preempt_request("test"))
+            yield batch
+
+    stopped = _run(stage, tmp_path / "ckpt", asking_during_step_3(), run_dir=str(run_dir))
+    assert [r["step"] for r in stopped.reports][-1] == 3  # stopped at the step boundary
+    assert read_meta(stopped.checkpoints[-1]) | {"step": 3, "final": False} == read_meta(
+        stopped.checkpoints[-1])
+    assert not (stopped.checkpoints[-1] / ARTIFACT_SUBDIR).exists()
+    clear_preemption(str(run_dir))
+    resumed = _run(stage, tmp_path / "ckpt", fixed_batches(tiny_zoo, stage), run_dir=str(run_dir))
+    assert [r["step"] for r in resumed.reports][0] == 4
+    assert _losses(resumed) == pytest.approx(reference[3:], rel=1e-6)
+    assert (resumed.checkpoints[-1] / ARTIFACT_SUBDIR).is_dir()

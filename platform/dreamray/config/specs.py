@@ -13,6 +13,7 @@ from pydantic import Discriminator, Field, Tag, model_validator
 
 from dreamray.config.base import Spec
 from dreamray.config.eval_specs import EvalSpec
+from dreamray.config.sweep_specs import SweptStage
 from dreamray.contracts import (
     BASE_SOURCE,
     EVAL_KIND,
@@ -190,10 +191,15 @@ class CheckpointSpec(Spec):
     # report on steps shorter than that blocks until the poll: report every ~2 s of steps.
     # TensorBoard, the JSONL history and the dreamray_* gauges get every step regardless.
     report_every_n_steps: int = Field(1, ge=1)
+    # After SIGTERM the driver asks running stages to checkpoint at their next optimizer step
+    # (`dreamray.train.preemption`) and waits this long (the longest over the recipe's train
+    # stages) before it exits anyway.
+    preemption_grace_s: float = Field(120.0, gt=0)
 
 
-class TrainStageSpec(Spec):
-    """One Ray Train + DeepSpeed stage: everything its workers need, and nothing else."""
+class TrainStageSpec(SweptStage):
+    """One Ray Train + DeepSpeed stage: everything its workers need, and nothing else (its
+    optional `sweep:` section, `sweep_specs.py`, makes it a Ray Tune search of such stages)."""
 
     kind: Literal[TRAIN_KIND] = TRAIN_KIND
     needs: list[str] = Field(default_factory=list)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -126,6 +127,9 @@ def _run(recipe: RecipeSpec, run_dir: str, targets: list[str] | None,
             ray.init(address=address, log_to_driver=True)
         runner = DagRunner(recipe, run_dir, RayBackend(recipe.name), default_executors(),
                            targets=targets, steal_lock=steal_lock)
+        # `ray job stop` and a node's shutdown send SIGTERM: checkpoint, then exit
+        signal.signal(signal.SIGTERM,
+                      lambda *_: runner.request_stop("SIGTERM to the driver"))
         summary = runner.run()
     except (PreflightError, LedgerVersionError, StorageError, RunFailed, LeaseHeldError) as err:
         print(error_line(err), file=sys.stderr)

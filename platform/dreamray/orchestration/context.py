@@ -54,6 +54,8 @@ class StageOutcome:
         ended_at: epoch seconds when it ended.
         node_id: the Ray node the stage task ran on.
         history: optional per-step metrics, `[{"step": int, name: value, ...}]`, for plots.
+        events: ``(event, detail)`` pairs for the stage's ledger record (e.g. a damaged
+            checkpoint passed over on resume).
     """
 
     artifact_dir: str
@@ -66,6 +68,7 @@ class StageOutcome:
     ended_at: float = 0.0
     node_id: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    events: list[tuple[str, str]] = field(default_factory=list)
 
 
 Executor = Callable[[AnyStageSpec, StageContext], StageOutcome]

@@ -99,16 +99,22 @@ def _node_id() -> str | None:
 
 
 def run_train(stage: TrainStageSpec, ctx: StageContext) -> StageOutcome:
-    """The train executor: one Ray Train run of the stage, via the stage launcher.
+    """The train executor: one Ray Train run of the stage, via the stage launcher, or, for a
+    stage with a `sweep`, a Ray Tune search of such runs whose best one is the artifact.
 
     Args:
         stage: the train stage.
         ctx: local paths; `train_storage` + `train_run_name` make a re-run resume.
 
     Returns:
-        The launcher's outcome.
+        The launcher's (or the sweep's) outcome.
     """
     from dreamray.orchestration.launcher import run_train_stage
+
+    if stage.sweep is not None:
+        from dreamray.orchestration.sweep import run_sweep_stage
+
+        return run_sweep_stage(stage, ctx)
 
     return run_train_stage(stage, name=ctx.name, storage_path=ctx.train_storage,
                            run_name=ctx.train_run_name, artifact_dir=ctx.artifact_dir,

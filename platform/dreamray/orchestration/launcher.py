@@ -10,28 +10,39 @@ checkpoint; a run whose latest checkpoint is already final is only published aga
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from dreamray.config.specs import TrainStageSpec
-from dreamray.contracts import TRAIN_KIND
+from dreamray.contracts import MODEL_CARD_FILE, TRAIN_KIND
 from dreamray.orchestration.context import StageOutcome
 from dreamray.orchestration.preflight import check_train_stage, input_digests, resolve_init
+from dreamray.orchestration.storage import join_uri, train_storage_args
 from dreamray.orchestration.train_data import (
     RankDatasetFactory,
     data_state_of,
     dataset_name,
     latest_checkpoint,
+    usable_checkpoint,
 )
 from dreamray.train.faults import FAULT_ENV, parse_fault_env
+from dreamray.train.preemption import clear_preemption
 from dreamray.train.run import ARTIFACT_SUBDIR, METRICS_FILE, RunInfo, tokenizer_dir
 
 __all__ = ["check_train_stage", "run_train_stage", "train_loop_per_worker"]
+
+logger = logging.getLogger(__name__)
+
+
+class StagePreempted(RuntimeError):
+    """The stage stopped on request (`dreamray.train.preemption`) with a checkpoint; the next
+    submission continues from it."""
 
 
 class RaySession:
@@ -50,10 +61,16 @@ class RaySession:
 
     @contextmanager
     def latest_checkpoint(self):
-        """The checkpoint Ray Train restores (latest registered), as a local dir."""
+        """The newest usable checkpoint up to the one Ray Train restores, as a local dir.
+
+        Raises:
+            NoUsableCheckpointError: the run has checkpoints, none usable.
+        """
         import ray.train
 
-        ckpt = ray.train.get_checkpoint()
+        ckpt, passed_over = usable_checkpoint(ray.train.get_checkpoint())
+        for line in passed_over:
+            logger.warning("checkpoint not usable, falling back: %s", line)
         if ckpt is None:
             yield None
             return
@@ -85,7 +102,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _run_dir(storage_path: str, run_name: str) -> str:
-    return f"{storage_path.rstrip('/')}/{run_name}"
+    return join_uri(storage_path, run_name)
 
 
 def _run_info(name: str, stage: TrainStageSpec, storage_path: str, run_name: str) -> RunInfo:
@@ -98,12 +115,14 @@ def _run_info(name: str, stage: TrainStageSpec, storage_path: str, run_name: str
                    fault_kill_at_step=step, fault_kill_rank=rank, ray_metrics=True)
 
 
-def _trainer(stage: TrainStageSpec, run: RunInfo, storage_path: str) -> Any:
+def _trainer(stage: TrainStageSpec, run: RunInfo, storage_path: str,
+             callbacks: Sequence[Any] = ()) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     sc = stage.scaling
     run_dir = _run_dir(storage_path, run.run_name)
+    fs_path, fs = train_storage_args(storage_path)  # Ray gets no URI (credentials) to log
     tok = tokenizer_dir(stage)
     datasets = {dataset_name(r): RankDatasetFactory(stage, tok, run_dir, r)
                 for r in range(sc.num_workers)}
@@ -114,9 +133,10 @@ def _trainer(stage: TrainStageSpec, run: RunInfo, storage_path: str) -> Any:
         scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
                                      resources_per_worker=sc.worker_resources()),
         run_config=RunConfig(
-            name=run.run_name, storage_path=storage_path,
+            name=run.run_name, storage_path=fs_path, storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=stage.checkpoint.keep_last),
             failure_config=FailureConfig(max_failures=stage.checkpoint.max_failures),
+            callbacks=list(callbacks),
         ),
         datasets=datasets,
         dataset_config=_data_config(),
@@ -170,20 +190,71 @@ def run_train_stage(
 
     Raises:
         StageCheckError: from `check_train_stage`, before any worker starts.
+        NoUsableCheckpointError: the run has checkpoints, none of them usable.
+        StagePreempted: the stage was asked to stop and did, with a checkpoint.
         ray.train.TrainingFailedError: when the workers fail beyond `max_failures`.
     """
     started = time.time()
+    run, checkpoint, events = fit_train_run(stage, name=name, storage_path=storage_path,
+                                            run_name=run_name, inputs=inputs)
+    outcome = _publish(stage, name, run, checkpoint, artifact_dir, inputs, started)
+    outcome.events = events
+    return outcome
+
+
+def fit_train_run(
+    stage: TrainStageSpec,
+    *,
+    name: str,
+    storage_path: str,
+    run_name: str,
+    inputs: Mapping[str, str],
+    callbacks: Sequence[Any] = (),
+) -> tuple[RunInfo, Any, list[tuple[str, str]]]:
+    """Run (or resume) one Ray Train run of a stage up to its final checkpoint; no publishing.
+
+    Args:
+        stage: the validated stage spec (`init` may reference `stage:<name>`).
+        name: the stage name.
+        storage_path: Ray Train storage (local path or URI).
+        run_name: Ray Train run name; the same name + storage resumes.
+        inputs: stage name -> artifact dir, for every `stage:` reference in `stage.init`.
+        callbacks: Ray Train `UserCallback`s for the run (a sweep's Tune reporting).
+
+    Returns:
+        The run facts, the final `ray.train.Checkpoint` and the events for the ledger.
+
+    Raises:
+        StageCheckError, NoUsableCheckpointError, StagePreempted, TrainingFailedError: as
+        `run_train_stage`.
+    """
     check_train_stage(stage, inputs)
     concrete = resolve_init(stage, inputs)
     run = _run_info(name, stage, storage_path, run_name)
-    checkpoint = latest_checkpoint(_run_dir(storage_path, run_name))
+    checkpoint, passed_over = usable_checkpoint(latest_checkpoint(_run_dir(storage_path,
+                                                                           run_name)))
+    events = [("checkpoint_fallback", line) for line in passed_over]
     if not _is_final(checkpoint):
-        checkpoint = _trainer(concrete, run, storage_path).fit().checkpoint
-    return _publish(stage, name, run, checkpoint, artifact_dir, inputs, started)
+        clear_preemption(run.run_dir)
+        checkpoint = _trainer(concrete, run, storage_path, callbacks).fit().checkpoint
+        if not _is_final(checkpoint):
+            raise StagePreempted(_preempted_message(checkpoint))
+    return run, checkpoint, events
 
 
-def _publish(stage, name, run, checkpoint, artifact_dir, inputs, started) -> StageOutcome:
+def _preempted_message(checkpoint: Any) -> str:
+    from dreamray.train.checkpoint import read_meta
+
+    with checkpoint.as_directory() as d:
+        step = read_meta(Path(d))["step"]
+    return (f"preempted: stopped on request after step {step} with a checkpoint "
+            f"({checkpoint.path}); re-submit the run to continue from it")
+
+
+def _publish(stage, name, run, checkpoint, artifact_dir, inputs, started,
+             extra=None) -> StageOutcome:
     from dreamray.files import atomic_dir
+    from dreamray.model.model_card import model_card
     from dreamray.orchestration.manifest import ManifestRecord, build_manifest, write_manifest
     from dreamray.train.state import TrainState
     from dreamray.train.telemetry import HISTORY_FILE, read_history
@@ -191,15 +262,20 @@ def _publish(stage, name, run, checkpoint, artifact_dir, inputs, started) -> Sta
     history = read_history(Path(run.run_dir) / HISTORY_FILE) if run.run_dir else []
     data = data_state_of(checkpoint)
     skipped = dict(data.counters.skipped) if data is not None else {}
+    skip_examples = dict(data.counters.skip_examples) if data is not None else {}
+    per_source = dict(data.counters.per_source) if data is not None else {}
     with atomic_dir(artifact_dir) as tmp:
         with checkpoint.as_directory() as d:
             shutil.copytree(Path(d) / ARTIFACT_SUBDIR, tmp, dirs_exist_ok=True)
             state = TrainState.from_json((Path(d) / "ranks/rank_0/train_state.json").read_text())
             metrics = json.loads((Path(d) / METRICS_FILE).read_text())
+        (tmp / MODEL_CARD_FILE).write_text(model_card(
+            stage, name, state.samples_global, per_source, metrics, skipped, inputs))
         write_manifest(tmp, build_manifest(tmp, ManifestRecord(
             stage=name, kind=TRAIN_KIND, spec_hash=run.spec_hash, inputs=input_digests(inputs),
             steps=state.step, samples=state.samples_global, metrics=metrics,
-            details={"skipped": skipped, "run_name": run.run_name})))
+            details={"skipped": skipped, "skip_examples": skip_examples,
+                     "run_name": run.run_name, **(extra or {})})))
     return StageOutcome(
         artifact_dir=str(artifact_dir), steps=state.step, samples=state.samples_global,
         metrics=metrics, checkpoint=checkpoint.path, skipped=skipped,

@@ -19,6 +19,7 @@ from dreamray.orchestration.identity import stage_key
 from dreamray.orchestration.learning import learning_rows, learning_table
 from dreamray.orchestration.ledger import Ledger, StageRecord, artifact_rel, train_rel
 from dreamray.orchestration.storage import RunStorage
+from dreamray.orchestration.sweep_report import sweep_sections
 
 REPORT = "report.md"
 LOSS_PLOT = "plots/losses.png"
@@ -49,6 +50,7 @@ def write_report(storage: RunStorage, recipe: RecipeSpec, ids: Mapping[str, str]
     lines += learning_table(learning_rows(storage, recipe, ids, all_records))
     lines += timeline(all_records)
     lines += plot_sections(storage, recipe, ids, all_records)
+    lines += sweep_sections(storage, recipe, ids, all_records)
     storage.write_text(REPORT, "\n".join(lines) + "\n")
     return storage.uri_of(REPORT)
 
@@ -77,7 +79,18 @@ def stage_table(recipe: RecipeSpec, states: Mapping[str, str],
     failed = [(n, r.error) for n, r in records.items() if r and r.status == "failed"]
     lines += [""] + [f"- **{n} failed**: `{' / '.join((e or '').splitlines())[:400]}`"
                      for n, e in failed]
-    return lines + [""]
+    return lines + skipped_lines(records) + [""]
+
+
+def skipped_lines(records: Mapping[str, StageRecord | None]) -> list[str]:
+    """One line per stage that skipped samples: how many, by reason (the rows are named in the
+    artifact's stage.json, `skip_examples`)."""
+    lines = []
+    for name, rec in records.items():
+        if rec is not None and rec.skipped:
+            reasons = ", ".join(f"{k}={v}" for k, v in sorted(rec.skipped.items()))
+            lines.append(f"- {name} skipped {sum(rec.skipped.values())} samples: {reasons}")
+    return lines
 
 
 def timeline(records: Mapping[str, StageRecord | None]) -> list[str]:

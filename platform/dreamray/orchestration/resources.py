@@ -13,6 +13,7 @@ could ever exist.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from dreamray.config.specs import AnyStageSpec, MergeStageSpec, TrainStageSpec
@@ -70,6 +71,22 @@ def total(bundles: Iterable[Mapping[str, float]]) -> Bundle:
         for key, value in bundle.items():
             out[key] = out.get(key, 0.0) + value
     return out
+
+
+def copies_that_fit(demand: Mapping[str, float], available: Mapping[str, float]) -> int:
+    """How many whole copies of a demand the available resources hold (in total, not per
+    node: a sweep's trials are placed by Ray, this only bounds how many ask at once).
+
+    Args:
+        demand: one copy's total (e.g. a trial's gang plus its data actors).
+        available: free resources.
+
+    Returns:
+        The largest n with n x demand <= available for every resource the demand names; 0
+        when one is missing, and a large number for an empty demand.
+    """
+    counts = [math.floor((available.get(k, 0.0) + _EPS) / v) for k, v in demand.items() if v > 0]
+    return min(counts) if counts else 1 << 30
 
 
 def subtract(a: Mapping[str, float], b: Mapping[str, float]) -> Bundle:

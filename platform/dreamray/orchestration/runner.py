@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from dreamray.config import RecipeSpec, TrainStageSpec
-from dreamray.contracts import MERGE_KIND, StageRef
 from dreamray.orchestration.backends import Backend
 from dreamray.orchestration.context import Executor, StageContext, StageError, error_line
 from dreamray.orchestration.dag import DagState
@@ -42,15 +41,13 @@ from dreamray.orchestration.ledger import (
 from dreamray.orchestration.manifest import verify_artifact
 from dreamray.orchestration.provenance import git_commit
 from dreamray.orchestration.report import write_report
-from dreamray.orchestration.resources import (
-    Bundle,
-    data_bundles,
-    fits_now,
-    never_fits,
-    stage_bundles,
-    stage_demand,
-    total,
+from dreamray.orchestration.resources import Bundle, fits_now, stage_demand, total
+from dreamray.orchestration.run_checks import (
+    external_input_problems,
+    recipe_problems,
+    resource_problems,
 )
+from dreamray.orchestration.stop import StopRequest
 from dreamray.orchestration.storage import RunStorage
 
 log = logging.getLogger("dreamray.orchestration")
@@ -68,6 +65,10 @@ class PreflightError(ValueError):
 
 class RunFailed(RuntimeError):
     """Some stages failed; the others finished or were blocked."""
+
+
+class RunPreempted(RunFailed):
+    """The run was asked to stop (SIGTERM); its train stages stopped with a checkpoint."""
 
 
 @dataclass
@@ -136,6 +137,21 @@ class DagRunner:
         self.decisions: dict[str, Decision] = {}
         self.records: dict[str, StageRecord] = {}
         self.git = git_commit()
+        self.stop: StopRequest | None = None
+        self.stop_grace_s = max((s.checkpoint.preemption_grace_s for s in recipe.stages.values()
+                                 if isinstance(s, TrainStageSpec)), default=0.0)
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the run to stop: no new stage starts, running train stages are asked to
+        checkpoint at their next step, and the run ends when they have or the grace period
+        (`checkpoint.preemption_grace_s`) is over. Only records the request, so a signal
+        handler may call it.
+
+        Args:
+            reason: why, for the ledger and the error (e.g. "SIGTERM to the driver").
+        """
+        if self.stop is None:
+            self.stop = StopRequest(reason, time.time() + self.stop_grace_s)
 
     def run(self) -> RunSummary:
         """Run every target stage to completion (or failure) and write the report.
@@ -152,7 +168,10 @@ class DagRunner:
         try:
             self.preflight()
             while self.dag.unfinished():
-                self.start_ready()
+                if self.stop is None:
+                    self.start_ready()
+                elif not self.stop.ask(self.storage, self._running_train_rels()):
+                    break  # the grace period is over
                 if not self.handles:
                     break  # nothing running and nothing startable: the rest is blocked
                 for handle in self.backend.wait(list(self.handles), self.poll_s):
@@ -162,11 +181,24 @@ class DagRunner:
         finally:
             self.lease.release()
 
+    def _running_train_rels(self) -> dict[str, str]:
+        return {n: train_rel(n, self.ids[n]) for n in self.dag.running()
+                if isinstance(self.recipe.stages[n], TrainStageSpec)}
+
     def _summary(self) -> RunSummary:
         """Write report.md; the summary, or RunFailed naming the failed stages."""
+        if self.stop is not None:
+            for name in self.dag.running():
+                self.fail(name, f"{self.stop.reason}: still running when the grace period "
+                          f"({self.stop_grace_s:g} s) ended; it resumes from its last "
+                          "checkpoint")
         report = write_report(self.storage, self.recipe, self.ids, self.dag.state, self.records)
         summary = RunSummary(self.storage.uri, dict(self.dag.state), self.records, report)
         failed = self.dag.failed()
+        if self.stop is not None:
+            raise RunPreempted(f"run stopped ({self.stop.reason}); stopped: {failed}, not "
+                               f"started: {self.dag.unfinished()}; re-submit to continue\n"
+                               f"report: {report}")
         if failed:
             errors = [f"{n}: {self.records[n].error}" for n in failed if n in self.records
                       and self.records[n].error]
@@ -178,56 +210,13 @@ class DagRunner:
 
     def preflight(self) -> None:
         """Check inputs from outside the run, merge usage, executors and resources."""
-        problems = self._external_inputs() + self._recipe_problems() + self._resource_problems()
+        problems, self.digests = external_input_problems(
+            self.recipe, self.dag, self.ledger, self.ids, self.storage)
+        problems += recipe_problems(self.recipe, self.dag, self.executors)
+        problems += resource_problems(self.recipe, self.dag, self.ledger, self.ids,
+                                      self.backend.snapshot())
         if problems:
             raise PreflightError(problems)
-
-    def _external_inputs(self) -> list[str]:
-        problems = []
-        for name in (n for n, s in self.dag.state.items() if s == "external"):
-            if not any(name in self.recipe.stages[t].needs for t in self.dag.targets()):
-                continue
-            record = self.ledger.read(name)
-            if record is None or record.status != "done":
-                problems.append(f"stage {name!r} has no finished artifact in "
-                                f"{self.storage.uri}: run it first")
-            elif record.identity != self.ids[name]:
-                problems.append(f"stage {name!r} in {self.storage.uri} was made from another "
-                                f"spec ({record.identity[:12]}, now {self.ids[name][:12]}): "
-                                "run it again first")
-            else:
-                digest, bad = verify_artifact(self.storage, artifact_rel(name, record.identity))
-                if bad:
-                    problems.append(f"stage {name!r}: artifact corrupted ({'; '.join(bad)}): "
-                                    "run it again first")
-                self.digests[name] = digest or ""
-        return problems
-
-    def _recipe_problems(self) -> list[str]:
-        problems = []
-        merges = {n for n, s in self.recipe.stages.items() if s.kind == MERGE_KIND}
-        for name in self.dag.targets():
-            stage = self.recipe.stages[name]
-            llm_ref = StageRef.parse(stage.init.llm) if isinstance(stage, TrainStageSpec) else None
-            if llm_ref is not None and llm_ref.name in merges:
-                problems.append(f"stages.{name}.init.llm: a merge artifact carries no LLM "
-                                "weights (only plugins, config and tokenizer); use base")
-            if stage.kind not in self.executors:
-                problems.append(f"stages.{name}: no executor for {stage.kind} stages")
-        return problems
-
-    def _resource_problems(self) -> list[str]:
-        snap = self.backend.snapshot()
-        problems = []
-        for name in self.dag.targets():
-            record = self.ledger.read(name)
-            if record and record.status == "done" and record.identity == self.ids[name]:
-                continue  # will most likely be skipped: needs no resources
-            stage = self.recipe.stages[name]
-            why = never_fits(stage_bundles(stage), snap.nodes, data_bundles(stage))
-            if why:
-                problems.append(f"stages.{name}: can never be scheduled: {why}")
-        return problems
 
     # -- scheduling -----------------------------------------------------------------------
 
@@ -286,9 +275,10 @@ class DagRunner:
         self.ledger.write(record)
         context = StageContext(
             name=name, identity=identity, spec_hash=spec_hash(stage),
-            artifact_dir=artifact_rel(name, identity), train_storage=record.train_storage or "",
+            artifact_dir=artifact_rel(name, identity), train_storage=self._train_storage(True),
             train_run_name=stage_key(name, identity), input_digests=dict(record.input_digests))
-        task = StageTask(storage_uri=self.storage.uri, artifact_rel=artifact_rel(name, identity),
+        task = StageTask(storage_uri=self.storage.open_uri(),
+                         artifact_rel=artifact_rel(name, identity),
                          input_rels={d: artifact_rel(d, self.ids[d]) for d in stage.needs},
                          context=context)
         handle = self.backend.submit(name, self.executors[stage.kind], stage, task)
@@ -318,11 +308,12 @@ class DagRunner:
         record.log(decision.action, decision.reason)
         return record
 
-    def _train_storage(self) -> str:
+    def _train_storage(self, for_task: bool = False) -> str:
         # Executors get a plain path for a local run dir (not every library reads file://).
         if self.storage.is_local:
             return str(self.storage.local_path("train"))
-        return self.storage.uri_of("train")
+        # only a stage task gets the credential-bearing form; the ledger the redacted one
+        return self.storage.open_uri("train") if for_task else self.storage.uri_of("train")
 
     def finish(self, handle: Any) -> None:
         """Record a finished stage task: verify its artifact, or record its failure."""
@@ -349,6 +340,8 @@ class DagRunner:
             name, self.ids[name])
         record.started_at, record.ended_at = outcome.started_at, outcome.ended_at
         record.node_id = outcome.node_id
+        for event, detail in outcome.events:
+            record.log(event, detail)
         record.log("done", f"{outcome.steps} steps in {outcome.ended_at - outcome.started_at:.1f}s")
         if outcome.history:
             self.storage.write_text(f"metrics/{stage_key(name, self.ids[name])}.jsonl",

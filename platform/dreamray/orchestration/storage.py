@@ -3,6 +3,10 @@
 Everything the ledger and the runner read or write goes through `RunStorage`, addressed by
 paths relative to the run directory, so the same code serves a laptop directory and a bucket.
 Writes of single files are atomic (temp name, then rename); on object stores a PUT already is.
+
+Credentials: `RunStorage.uri` / `uri_of` are redacted (`redact_uri`) and are what ledgers,
+reports, logs and errors show; `open_uri` is the one form that carries credentials, handed only
+in memory (Ray task arguments) to the stage tasks that re-open the run directory.
 """
 
 from __future__ import annotations
@@ -10,13 +14,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
 _CHUNK = 8 << 20  # sha256 streaming block: large enough for throughput, small in memory
+REDACTED = "***"
+# Query keys whose values are secrets in the URI forms of pyarrow, fsspec and presigned URLs.
+_SECRET_KEY = re.compile(r"key|secret|token|passw|credential|signature|^sig$", re.IGNORECASE)
+# The driver's AWS credentials that stage tasks on other processes and nodes must also use.
+_AWS_ID, _AWS_SECRET, _AWS_TOKEN = "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"
 
 
 class StorageError(RuntimeError):
@@ -36,11 +47,14 @@ class RunStorage:
             StorageError: if pyarrow cannot resolve the URI to a filesystem.
         """
         is_uri = "://" in uri
-        self.uri = uri.rstrip("/") if is_uri else str(Path(uri).expanduser().resolve())
+        self._secret_uri = join_uri(uri) if is_uri else str(Path(uri).expanduser().resolve())
+        self.uri = redact_uri(self._secret_uri)
         try:
-            self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+            self.fs, self.root = pafs.FileSystem.from_uri(self._secret_uri)
         except pa_errors() as err:
-            raise StorageError(f"cannot open run storage {uri!r}: {err}") from err
+            # pyarrow's message may quote the URI, credentials included
+            raise StorageError(f"cannot open run storage {self.uri!r}: "
+                               f"{_scrub(str(err), self._secret_uri)}") from None
         self.root = self.root.rstrip("/") or "/"
 
     @property
@@ -53,8 +67,16 @@ class RunStorage:
         return f"{self.root}/{rel}".rstrip("/") if rel else self.root
 
     def uri_of(self, rel: str = "") -> str:
-        """A URI or local path that `RunStorage` / Ray Train can open again."""
-        return f"{self.uri}/{rel}".rstrip("/") if rel else self.uri
+        """The redacted URI or local path of a run-relative path, to record or show."""
+        return join_uri(self.uri, rel)
+
+    def open_uri(self, rel: str = "") -> str:
+        """A URI or local path that `RunStorage` / Ray Train can open again, on any node.
+
+        It carries credentials (the URI's own, else the driver's AWS environment for `s3://`,
+        see `with_env_credentials`): pass it in memory only, never record, log or print it.
+        """
+        return join_uri(with_env_credentials(self._secret_uri), rel)
 
     def local_path(self, rel: str = "") -> Path:
         """The local path of a run-relative path.
@@ -163,6 +185,114 @@ class RunStorage:
         self.fs.create_dir(self.path(rel), recursive=True)
         pafs.copy_files(str(local_dir), self.path(rel),
                         source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+
+
+def join_uri(uri: str, rel: str = "") -> str:
+    """A local path or URI joined with a relative path, before any `?query` of the URI.
+
+    Args:
+        uri: a local path or URI (a trailing slash of its path is dropped).
+        rel: a relative path ("" for `uri` itself).
+
+    Returns:
+        The joined path or URI, its query kept at the end.
+    """
+    head, sep, query = uri.partition("?") if "://" in uri else (uri, "", "")
+    stripped = head.rstrip("/")
+    if stripped and not stripped.endswith(":"):  # keep "/" and "file:///" whole
+        head = stripped
+    if rel:
+        head = f"{head}{'' if head.endswith('/') else '/'}{rel.strip('/')}"
+    return f"{head}{sep}{query}"
+
+
+def redact_uri(uri: str) -> str:
+    """A URI without its secrets: userinfo and secret-looking query values become `***`.
+
+    Args:
+        uri: a local path or URI (paths are returned unchanged).
+
+    Returns:
+        The URI with `user:password@` replaced by `***@` and the value of every query key
+        that names a key, secret, token, password, credential or signature replaced by `***`.
+    """
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    query = "&".join(_redact_param(p) for p in parts.query.split("&")) if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _redact_param(param: str) -> str:
+    key, sep, _ = param.partition("=")
+    return f"{key}{sep}{REDACTED}" if sep and _SECRET_KEY.search(unquote(key)) else param
+
+
+def _scrub(text: str, secret_uri: str) -> str:
+    """`text` with every secret part of `secret_uri` (userinfo, secret query values) removed."""
+    parts = urlsplit(secret_uri)
+    secrets = [parts.username, parts.password] if "@" in parts.netloc else []
+    for param in parts.query.split("&"):
+        key, sep, value = param.partition("=")
+        if sep and value and _SECRET_KEY.search(unquote(key)):
+            secrets.append(value)
+    for secret in filter(None, secrets):
+        for form in {secret, unquote(secret)}:
+            text = text.replace(form, REDACTED)
+    return text
+
+
+def with_env_credentials(uri: str) -> str:
+    """An `s3://` URI carrying this process's AWS credentials as its userinfo.
+
+    Stage tasks, Ray Train's controller and its workers run in processes that need not share
+    the driver's environment; Ray's runtime_env would forward the variables, but Ray writes
+    runtime envs into its session logs. Credentials in the URI instead travel in task
+    arguments and in the pickled pyarrow filesystem, which no log prints.
+
+    Args:
+        uri: a run storage URI or path.
+
+    Returns:
+        `uri` itself unless it is an `s3://` URI without userinfo and AWS_ACCESS_KEY_ID and
+        AWS_SECRET_ACCESS_KEY are set (a session token cannot ride in the URI, so with
+        AWS_SESSION_TOKEN set the nodes' own environment must provide credentials).
+    """
+    key_id, secret = os.environ.get(_AWS_ID), os.environ.get(_AWS_SECRET)
+    parts = urlsplit(uri) if "://" in uri else None
+    if (parts is None or parts.scheme != "s3" or "@" in parts.netloc or not key_id
+            or not secret or os.environ.get(_AWS_TOKEN)):
+        return uri
+    netloc = f"{quote(key_id, safe='')}:{quote(secret, safe='')}@{parts.netloc}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def train_storage_args(uri: str) -> tuple[str, pafs.FileSystem | None]:
+    """Ray Train's `(storage_path, storage_filesystem)` for a train storage path or URI.
+
+    A URI is resolved here so that Ray Train is given a filesystem object and a bare path:
+    Ray never sees (so never logs) the URI and the credentials it may carry.
+
+    Args:
+        uri: a local path, or a URI from `RunStorage.open_uri`.
+
+    Returns:
+        `(path, None)` for a local path or `file://` URI, else `(filesystem path, filesystem)`.
+
+    Raises:
+        StorageError: if pyarrow cannot resolve the URI.
+    """
+    if "://" not in uri:
+        return uri, None
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except pa_errors() as err:
+        raise StorageError(f"cannot open train storage {redact_uri(uri)!r}: "
+                           f"{_scrub(str(err), uri)}") from None
+    return (path, None) if isinstance(fs, pafs.LocalFileSystem) else (path, fs)
 
 
 def pa_errors() -> tuple[type[BaseException], ...]:

@@ -11,7 +11,8 @@ loss the uninterrupted run had at that step), and per-rank RNG state stays meani
 `RankDatasetFactory` is handed to Ray Train as a callable dataset: Ray calls it each time it
 (re)starts the worker group, in the controller, so a gang restarted after a worker failure reads
 the data position of the checkpoint it is about to restore (`Result.from_path` reads the same
-checkpoint-manager snapshot the controller restores from).
+checkpoint-manager snapshot the controller restores from; `usable_checkpoint` passes over a
+damaged latest one exactly as the restoring workers do).
 """
 
 from __future__ import annotations
@@ -49,6 +50,65 @@ class RankPlan(StagePlan):
         """The absolute chunks of `rank` from the resume point to the plan's end."""
         first, last = self.start // self.chunk_size, math.ceil(self.stop / self.chunk_size)
         return [c for c in range(first, last) if c % world_size == rank]
+
+
+CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's dir names: checkpoint_<timestamp>, sortable
+
+
+def stored_checkpoint_problems(checkpoint: Any) -> list[str]:
+    """`dreamray.train.checkpoint.checkpoint_problems` of a Ray checkpoint where it is stored
+    (local or object storage), reading only its listings, never its weights."""
+    from pyarrow.fs import FileSelector, FileType
+
+    from dreamray.train.checkpoint import checkpoint_problems
+
+    fs, root = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    infos = fs.get_file_info(FileSelector(root, recursive=True))
+    sizes = {i.path[len(root) + 1:]: i.size for i in infos if i.type == FileType.File}
+
+    def read_text(rel: str) -> str:
+        with fs.open_input_stream(f"{root}/{rel}") as f:
+            return f.read().decode()
+
+    return checkpoint_problems(sizes, read_text)
+
+
+def usable_checkpoint(latest: Any) -> tuple[Any, list[str]]:
+    """The newest usable checkpoint no newer than `latest` (Ray's latest registered one).
+
+    The worker (restoring) and the driver (building the datasets, deciding whether to train)
+    both choose with this, so they agree on the resume point.
+
+    Args:
+        latest: a `ray.train.Checkpoint` or None.
+
+    Returns:
+        ``(checkpoint or None, passed_over)``: the unusable newer ones, newest first, each as
+        ``"<dir name>: <problems>"``.
+
+    Raises:
+        NoUsableCheckpointError: the run has checkpoints, none of them usable.
+    """
+    if latest is None:
+        return None, []
+    from pyarrow.fs import FileSelector, FileType
+    from ray.train import Checkpoint
+
+    from dreamray.train.checkpoint import NoUsableCheckpointError
+
+    fs, path = latest.filesystem, latest.path.rstrip("/")
+    parent, newest = path.rsplit("/", 1)
+    names = sorted((i.base_name for i in fs.get_file_info(FileSelector(parent))
+                    if i.type == FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)
+                    and i.base_name <= newest), reverse=True)
+    passed_over = []
+    for name in names:
+        candidate = Checkpoint(f"{parent}/{name}", filesystem=fs)
+        problems = stored_checkpoint_problems(candidate)
+        if not problems:
+            return candidate, passed_over
+        passed_over.append(f"{name}: {'; '.join(problems)}")
+    raise NoUsableCheckpointError(f"{parent}: no usable checkpoint: {' | '.join(passed_over)}")
 
 
 def latest_checkpoint(run_dir: str) -> Any:
@@ -132,6 +192,7 @@ class RankDatasetFactory:
 
     def __call__(self) -> Any:
         """Build the dataset from the run's latest checkpoint (or from the start)."""
-        resume = data_state_of(latest_checkpoint(self.run_dir))
+        checkpoint, _ = usable_checkpoint(latest_checkpoint(self.run_dir))
+        resume = data_state_of(checkpoint)
         world = self.stage.scaling.num_workers
         return build_rank_dataset(self.stage, self.tokenizer_dir, self.rank, world, resume)

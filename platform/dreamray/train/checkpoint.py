@@ -8,6 +8,11 @@ checkpoint, so every file name is unique across ranks:
     ranks/rank_<r>/train_state.json   loop counters of rank r
     ranks/rank_<r>/rng_state.pt       RNG (torch, CUDA, Python, NumPy) + scheduler state
     data/data_state.rank<r>.json      rank r's consumed data positions (`dreamray.data.progress`)
+    ranks/rank_<r>/files.json         written last by rank r: the size of every file it wrote
+
+A checkpoint is usable when `meta.json` is there and every rank's files are there at the sizes
+their `files.json` lists (`checkpoint_problems`): a truncated upload, a file lost on the storage
+or a rank that died mid-write makes it unusable, and resume falls back to an older one.
 
 Frozen parameters are left out of the DeepSpeed files (`exclude_frozen_parameters`): they are
 rebuilt from the stage's init on resume, identically.
@@ -19,6 +24,7 @@ optimizer, schedule, RNG and data position are restored as they were after that 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +35,15 @@ META_FILE = "meta.json"
 DS_DIR = "ds"
 RANKS_DIR = "ranks"
 DATA_DIR = "data"
+LISTING_FILE = "files.json"
 
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint written by a different gang (world size, ZeRO stage or precision)."""
+
+
+class NoUsableCheckpointError(RuntimeError):
+    """A run has checkpoints, but none whose files are all there."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,72 @@ def save_checkpoint(
         payload = {**meta, "step": state.step, "tag": tag}
         (root / META_FILE).write_text(json.dumps(payload, sort_keys=True))
     return root
+
+
+def write_listing(root: Path, rank: int) -> Path:
+    """Record the size of every file under this rank's checkpoint dir (call it last).
+
+    Args:
+        root: this rank's local checkpoint directory, fully written.
+        rank: this rank.
+
+    Returns:
+        The listing's path.
+    """
+    sizes = {p.relative_to(root).as_posix(): p.stat().st_size
+             for p in sorted(root.rglob("*")) if p.is_file()}
+    target = _rank_dir(root, rank) / LISTING_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(sizes, sort_keys=True))
+    return target
+
+
+def checkpoint_problems(sizes: Mapping[str, int], read_text: Callable[[str], str]) -> list[str]:
+    """Why a merged checkpoint cannot be restored (empty: it can).
+
+    Storage-agnostic: works on a listing of the checkpoint's files, so that a checkpoint in
+    object storage is judged without downloading it.
+
+    Args:
+        sizes: every file of the checkpoint, relative path -> size in bytes.
+        read_text: reads one of those files (small ones only: meta and listings).
+
+    Returns:
+        One line per problem (a missing or truncated file, an unreadable meta or listing).
+    """
+    if META_FILE not in sizes:
+        return [f"{META_FILE} missing"]
+    try:
+        world_size = int(json.loads(read_text(META_FILE))["world_size"])
+    except (ValueError, KeyError, TypeError) as err:
+        return [f"{META_FILE} unreadable ({err!r})"]
+    problems: list[str] = []
+    for rank in range(world_size):
+        listing = f"{RANKS_DIR}/rank_{rank}/{LISTING_FILE}"
+        if listing not in sizes:
+            problems.append(f"{listing} missing")
+            continue
+        try:
+            written = json.loads(read_text(listing))
+        except ValueError as err:
+            problems.append(f"{listing} unreadable ({err})")
+            continue
+        problems += [_size_problem(rel, sizes.get(rel), size) for rel, size in written.items()
+                     if sizes.get(rel) != size]
+    return problems
+
+
+def _size_problem(rel: str, found: int | None, written: int) -> str:
+    if found is None:
+        return f"{rel} missing"
+    return f"{rel} is {found} bytes, {written} were written"
+
+
+def local_checkpoint_problems(root: Path) -> list[str]:
+    """`checkpoint_problems` of a checkpoint in a local directory."""
+    sizes = {p.relative_to(root).as_posix(): p.stat().st_size
+             for p in root.rglob("*") if p.is_file()}
+    return checkpoint_problems(sizes, lambda rel: (root / rel).read_text())
 
 
 def read_meta(root: Path) -> dict[str, Any]:

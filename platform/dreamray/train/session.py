@@ -7,11 +7,16 @@ tests and benchmarks: checkpoints are copied under a local directory, reports ar
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
+
+from dreamray.train.checkpoint import NoUsableCheckpointError, local_checkpoint_problems
+
+logger = logging.getLogger(__name__)
 
 
 class Session(Protocol):
@@ -23,7 +28,11 @@ class Session(Protocol):
     attempt_dir: Path  # a per-run scratch dir on shared storage (markers, TensorBoard)
 
     def latest_checkpoint(self) -> Any:
-        """A context manager yielding the latest checkpoint as a local dir, or None."""
+        """A context manager yielding the newest usable checkpoint as a local dir, or None.
+
+        Usable: `dreamray.train.checkpoint.checkpoint_problems` finds nothing wrong; newer
+        unusable ones are passed over (and logged).
+        """
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
         """Report metrics (every rank calls it, the same number of times), with this rank's
@@ -51,11 +60,27 @@ class LocalSession:
         self.reports: list[dict[str, Any]] = []
         self.checkpoints: list[Path] = sorted(self.root.glob("checkpoint_*"))
         self._shard = shard
+        self.passed_over: list[str] = []  # unusable checkpoints, newest first, with why
 
     @contextmanager
     def latest_checkpoint(self) -> Iterator[Path | None]:
-        """The last checkpoint written (also by an earlier session on the same root)."""
-        yield self.checkpoints[-1] if self.checkpoints else None
+        """The newest usable checkpoint (also one written by an earlier session on the root).
+
+        Raises:
+            NoUsableCheckpointError: there are checkpoints, none usable.
+        """
+        for ckpt in reversed(self.checkpoints):
+            problems = local_checkpoint_problems(ckpt)
+            if not problems:
+                yield ckpt
+                return
+            self.passed_over.append(f"{ckpt.name}: {'; '.join(problems)}")
+            logger.warning("checkpoint %s is not usable (%s); trying an older one", ckpt,
+                           "; ".join(problems))
+        if self.checkpoints:
+            raise NoUsableCheckpointError(
+                f"{self.root}: no usable checkpoint: {' | '.join(self.passed_over)}")
+        yield None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
         """Keep the metrics; copy the checkpoint directory like Ray's upload does."""

@@ -26,11 +26,13 @@ from dreamray.train.checkpoint import (
     apply_rng,
     restore_checkpoint,
     save_checkpoint,
+    write_listing,
 )
 from dreamray.train.engine import EngineParts, build_stage_model, setup_engine
 from dreamray.train.export import export_artifact
 from dreamray.train.faults import maybe_kill
 from dreamray.train.loop import LoopContext, StepMetrics, run_steps
+from dreamray.train.preemption import Preempted, preemption_requested
 from dreamray.train.run import ARTIFACT_SUBDIR, METRICS_FILE, RunInfo
 from dreamray.train.session import Session
 from dreamray.train.state import TrainState, seed_everything
@@ -87,7 +89,8 @@ def train_worker(
             tests and benchmarks); they are not part of the checkpointed data position.
 
     Returns:
-        The final loop state (step == stage.total_steps).
+        The final loop state (step == stage.total_steps, or fewer when the stage was asked to
+        stop: `dreamray.train.preemption`).
 
     Raises:
         NanLossError, DataExhaustedError, DataSkipError: see `dreamray.train.loop` / data.
@@ -109,6 +112,8 @@ def train_worker(
     try:
         run_steps(ctx, data.batches, state, stage.total_steps, hooks.on_step)
         hooks.finish(state)
+    except Preempted:
+        pass  # checkpointed at this step; the launcher reports the stage as preempted
     finally:
         hooks.close()
     return state
@@ -153,8 +158,12 @@ class _StepHooks:
         values = {**metrics.as_dict(), "samples_rank": state.samples_rank}
         self.last_metrics = values
         self.sinks.write(values)
+        last = state.step == self.stage.total_steps
+        if not last and preemption_requested(self.run.run_dir, self.session.world_size):
+            self.checkpoint(state, final=False)
+            raise Preempted(state.step)
         every = self.stage.checkpoint.every_n_steps
-        if state.step % every == 0 and state.step < self.stage.total_steps:
+        if state.step % every == 0 and not last:
             self.checkpoint(state, final=False)
         elif state.step % self.stage.checkpoint.report_every_n_steps == 0:
             self.session.report(values)
@@ -170,6 +179,7 @@ class _StepHooks:
                 (root / METRICS_FILE).write_text(json.dumps(self.last_metrics, sort_keys=True))
             if final:
                 export_artifact(self.stage, self.parts, self.session.rank, root / ARTIFACT_SUBDIR)
+            write_listing(root, self.session.rank)
             self.session.report({**self.last_metrics, "step": state.step,
                                  "samples_global": state.samples_global, "final": final},
                                 checkpoint_dir=root)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -50,6 +51,10 @@ def main() -> None:
     parser.add_argument("--head-cpus", type=float, required=True)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    # Creating the placeholder makes the head's runtime-env agent unpack the job's working dir
+    # again, which replaces this process's cwd (transformers resolves paths against it)
+    Path(args.storage).mkdir(parents=True, exist_ok=True)
+    os.chdir(args.storage)
     ray.init()
     head = ray.get_runtime_context().get_node_id()
     placeholder = Placeholder.options(

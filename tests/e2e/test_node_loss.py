@@ -76,7 +76,12 @@ def test_a_lost_worker_node_costs_no_sample(cluster, tmp_path):
     storage = tmp_path / "runs"
     job = _submit(cluster, storage)
     sid = int((cluster.state / "worker" / "node.pid").read_text())
-    _wait_for(lambda: _steps_done(storage) >= EVERY + 1, 900, "a checkpointed step")
+    def stepped() -> bool:
+        status = cluster.job_status(job)
+        assert status in ("PENDING", "RUNNING"), cluster.job_logs(job)[-3000:]
+        return _steps_done(storage) >= EVERY + 1
+
+    _wait_for(stepped, 900, "a checkpointed step")
     assert "RayTrainWorker" in _cmdlines(_session_pids(sid))  # the gang is on the worker node
     killed_at, steps_at_kill = time.time(), _steps_done(storage)
     for pid in _session_pids(sid):  # the node's raylet, its workers, its agents: all at once

@@ -4,7 +4,7 @@ gang must start on the worker node, then resume on the head once that node is go
 The head's CPUs are held by a placeholder actor pinned to the head, so the stage's gang and its
 data actor can only start on the worker node. When the GCS reports a node dead (the test kills
 the worker node's processes), the placeholder is released and Ray Train's restart finds room
-on the head. The job prints one `OUTCOME {...}` line with what the test checks.
+on the head. The job writes what the test checks into `<storage>/outcome.json`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from dreamray.orchestration.train_data import data_state_of, latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE = "stage1_comprehension"
+OUTCOME_FILE = "outcome.json"  # in --storage: what the test checks
 
 
 @ray.remote(num_cpus=0)
@@ -69,11 +70,11 @@ def main() -> None:
                           run_name="node-loss", artifact_dir=f"{args.storage}/artifact",
                           inputs={})
     data = data_state_of(latest_checkpoint(f"{args.storage}/node-loss"))
-    print("OUTCOME " + json.dumps({
-        "steps": out.steps, "samples": out.samples, "consumed": len(data.consumed),
-        "counted": data.counters.samples + data.counters.num_skipped,
-        "trained": data.counters.samples, "history": out.history, **log}), flush=True)
-
+    outcome = {"steps": out.steps, "samples": out.samples, "consumed": len(data.consumed),
+               "counted": data.counters.samples + data.counters.num_skipped,
+               "trained": data.counters.samples, "history": out.history, **log}
+    (Path(args.storage) / OUTCOME_FILE).write_text(json.dumps(outcome))
+    print(f"outcome written: {out.steps} steps, {out.samples} samples", flush=True)
 
 if __name__ == "__main__":
     main()

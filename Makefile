@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test test-e2e test-faults test-unit lint tiny world demo dry-run head stop-head clean
+.PHONY: venv test test-slow test-e2e test-faults test-unit lint tiny world demo dry-run head stop-head clean
 
 # The venv is rebuilt only when pyproject.toml or constraints.txt change. torch/torchvision go
 # first, as the tested pair (see docs/ARCHITECTURE.md, "Install").
@@ -23,9 +23,13 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 # CI's command: the unit and ray tiers. The e2e tier (whole tiny recipe as Ray jobs on a
-# two-node local cluster, ~10+ min on 2 cores) runs with `make test-e2e`.
+# two-node local cluster, ~10+ min on 2 cores) runs with `make test-e2e`; the ray tier's runs
+# of many gangs (the sweep, a stage per LLM family: ~12 min on 2 cores) with `make test-slow`.
 test: venv
-	$(PY) -m pytest tests/unit tests/ray -q -m "not faults"
+	$(PY) -m pytest tests/unit tests/ray -q -m "not faults and not slow"
+
+test-slow: venv
+	$(PY) -m pytest tests/ray -q -m "slow and not faults"
 
 test-e2e: venv
 	$(PY) -m pytest tests/e2e -q -m "not faults"

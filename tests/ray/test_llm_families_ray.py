@@ -18,6 +18,8 @@ from dreamray.zoo import LLM_FAMILIES, build_tiny_llm
 REPO = Path(__file__).resolve().parents[2]
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 STAGE = "stage1_comprehension"
+# `make test-slow`: several minutes of Ray Train gangs on 2 cores, beyond `make test`'s budget.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

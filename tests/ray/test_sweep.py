@@ -33,6 +33,8 @@ from dreamray.train.run import ARTIFACT_SUBDIR
 REPO = Path(__file__).resolve().parents[2]
 NAME = "stage1_creation"
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # as test_train_launcher
+# `make test-slow`: several minutes of Ray Train gangs on 2 cores, beyond `make test`'s budget.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

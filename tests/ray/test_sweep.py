@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,13 +27,15 @@ from dreamray.orchestration.identity import spec_hash, stage_identities, stage_k
 from dreamray.orchestration.ledger import Ledger, artifact_rel
 from dreamray.orchestration.merge import run_merge_stage
 from dreamray.orchestration.ray_backend import RayBackend
-from dreamray.orchestration.runner import DagRunner
+from dreamray.orchestration.runner import DagRunner, RunPreempted
 from dreamray.orchestration.storage import RunStorage
+from dreamray.orchestration.sweep_trials import final_metrics
 from dreamray.orchestration.train_data import latest_checkpoint
 from dreamray.train.run import ARTIFACT_SUBDIR
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "stage1_creation"
+STOP_WAIT_S = 900
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # as test_train_launcher
 # `make test-slow`: several minutes of Ray Train gangs on 2 cores, beyond `make test`'s budget.
 pytestmark = pytest.mark.slow
@@ -64,14 +68,64 @@ def _checkpoint_dirs(train_dir: Path) -> dict[str, float]:
             for p in train_dir.rglob("checkpoint_*") if p.is_dir()}
 
 
+def _final_trials(train_dir: Path) -> dict[str, dict[str, float]]:
+    """Trial run name -> its checkpoint dirs (with mtimes), for the trials that finished."""
+    finals = {}
+    for run in train_dir.glob(f"{train_dir.name}_*"):
+        try:
+            final = final_metrics(latest_checkpoint(str(run)))
+        except Exception:  # noqa: BLE001 - a run being written: not final yet
+            final = None
+        if final is not None:
+            finals[run.name] = _checkpoint_dirs(run)
+    return finals
+
+
+@dataclass
+class Stopped:
+    """What the first submission left when it was stopped mid-sweep."""
+
+    error: BaseException | None
+    finished: dict[str, dict[str, float]]  # finished trials' checkpoints when it stopped
+    record_error: str
+
+
+def _stop_mid_sweep(recipe, run_dir: Path) -> Stopped:
+    """Submit, and ask the run to stop (as SIGTERM does) once a trial has finished."""
+    runner = DagRunner(recipe, str(run_dir), RayBackend(recipe.name), default_executors(),
+                       targets=[NAME], poll_s=0.2)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            runner.run()
+        except BaseException as e:  # noqa: BLE001 - asserted by the tests
+            errors.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    train_dir = run_dir / "train" / stage_key(NAME, _id(recipe))
+    deadline = time.time() + STOP_WAIT_S
+    while not _final_trials(train_dir) and thread.is_alive() and time.time() < deadline:
+        time.sleep(0.5)
+    runner.request_stop("test: stop mid-sweep")
+    thread.join(STOP_WAIT_S)
+    assert not thread.is_alive(), "the stopped sweep did not return"
+    record = Ledger(RunStorage(str(run_dir))).read(NAME)
+    return Stopped(errors[0] if errors else None, _final_trials(train_dir),
+                   record.error or "" if record else "")
+
+
 @pytest.fixture(scope="module")
 def swept(ray_cluster, recipe, tmp_path_factory):
+    """The sweep stopped once a trial has finished, then re-submitted to completion."""
     run_dir = tmp_path_factory.mktemp("sweep_run")
+    stopped = _stop_mid_sweep(recipe, run_dir)
     started = time.time()
     summary = _run(recipe, run_dir)
-    first_s = time.time() - started
+    resumed_s = time.time() - started
     manifest = _manifest(recipe, run_dir)
-    return run_dir, summary, manifest, first_s
+    return run_dir, summary, manifest, resumed_s, stopped
 
 
 def _manifest(recipe, run_dir):
@@ -80,7 +134,7 @@ def _manifest(recipe, run_dir):
 
 
 def test_every_trial_is_recorded_and_the_winner_is_the_artifact(recipe, swept):
-    run_dir, summary, manifest, _ = swept
+    run_dir, summary, manifest, *_ = swept
     stage = recipe.stages[NAME]
     assert summary.states[NAME] == "done"
     sweep = manifest["sweep"]
@@ -115,7 +169,7 @@ def _id(recipe):
 
 
 def test_the_ledger_and_the_report_show_the_trials(recipe, swept):
-    run_dir, summary, manifest, _ = swept
+    run_dir, summary, manifest, *_ = swept
     record = Ledger(RunStorage(str(run_dir))).read(NAME)
     lines = [e["detail"] for e in record.events if e["event"] == "trial"]
     assert len(lines) == 4
@@ -127,7 +181,7 @@ def test_the_ledger_and_the_report_show_the_trials(recipe, swept):
 
 
 def test_a_resubmitted_sweep_is_skipped_and_a_restore_trains_nothing(recipe, swept):
-    run_dir, _, manifest, first_s = swept
+    run_dir, _, manifest, first_s, _ = swept
     train_dir = run_dir / "train" / stage_key(NAME, _id(recipe))
     before = _checkpoint_dirs(train_dir)
     assert len(before) >= 4  # every trial checkpointed at least once
@@ -149,7 +203,7 @@ def test_a_resubmitted_sweep_is_skipped_and_a_restore_trains_nothing(recipe, swe
 
 
 def test_the_merge_consumes_the_sweep_artifact(recipe, swept, tmp_path):
-    run_dir, _, manifest, _ = swept
+    run_dir, _, manifest, *_ = swept
     artifact = run_dir / artifact_rel(NAME, _id(recipe))
     # The comprehension branch is not what is under test: its plugin files come from the
     # creation artifact too, which the merge accepts (same tokenizer, same widths).
@@ -160,3 +214,18 @@ def test_the_merge_consumes_the_sweep_artifact(recipe, swept, tmp_path):
     merged = Path(run_merge_stage(recipe.stages["merge"], ctx).artifact_dir)
     plugin = PLUGIN_FILES[DREAM_PLUGIN]
     assert sha256_file(merged / plugin) == manifest["files"][plugin]
+
+
+def test_a_stopped_sweep_resumes_without_rerunning_finished_trials(recipe, swept):
+    run_dir, summary, manifest, _, stopped = swept
+    assert isinstance(stopped.error, RunPreempted), stopped.error
+    assert "preempted: the sweep stopped on request" in stopped.record_error
+    assert stopped.finished, "no trial had finished when the sweep was stopped"
+    train_dir = run_dir / "train" / stage_key(NAME, _id(recipe))
+    # Tune's restore re-ran none of them: not one checkpoint of theirs was written again.
+    after = _final_trials(train_dir)
+    for run_name, checkpoints in stopped.finished.items():
+        assert after[run_name] == checkpoints, run_name
+    assert summary.states[NAME] == "done" and len(after) >= len(stopped.finished)
+    completed = {t["run_name"] for t in manifest["sweep"]["trials"] if t["status"] == "completed"}
+    assert set(stopped.finished) <= completed

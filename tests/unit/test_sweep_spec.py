@@ -13,10 +13,20 @@ from dreamray.config import RecipeError, load_recipe
 from dreamray.config.sweep_specs import SweepSpec, trial_stage
 from dreamray.contracts import STEP_METRICS
 from dreamray.orchestration.identity import spec_hash, stage_identities
-from dreamray.orchestration.resources import copies_that_fit
-from dreamray.orchestration.sweep import trial_concurrency
+from dreamray.orchestration.resources import (
+    copies_that_fit,
+    free_beside,
+    reservation,
+    trial_concurrency,
+)
 from dreamray.orchestration.sweep_report import plot_trials, trials_table
-from dreamray.orchestration.sweep_trials import TrialRecord, pick_winner
+from dreamray.orchestration.sweep_trials import SweepJob, TrialRecord, pick_winner
+from dreamray.train.preemption import (
+    PREEMPT_FILE,
+    clear_preemption,
+    preempt_request,
+    request_seen,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "pipelines" / "recipes" / "tiny.yaml"
@@ -152,6 +162,17 @@ def test_trials_run_as_many_at_once_as_free_resources_hold():
     assert copies_that_fit({"CPU": 2.0, "GPU": 1.0}, {"CPU": 8.0}) == 0
 
 
+def test_the_runner_reserves_a_sweep_s_trials_at_once_and_hands_the_number_on():
+    recipe = _load(GOOD)
+    swept, plain = recipe.stages["stage1_creation"], recipe.stages["stage1_comprehension"]
+    # 6 CPUs, 2 held by a running stage, another job holds 1 more: 3 free = 1 trial of 2 CPUs.
+    free = free_beside({"CPU": 6.0}, {"CPU": 2.0}, {"CPU": 3.0})
+    assert free == {"CPU": 3.0}
+    assert reservation(swept, free) == ({"CPU": 2.0}, 1)
+    assert reservation(swept, {"CPU": 8.0}) == ({"CPU": 8.0}, 4)
+    assert reservation(plain, {"CPU": 8.0}) == ({"CPU": 2.0}, None)
+
+
 def _trial(trial_id, status, metric, values):
     return TrialRecord(trial_id=trial_id, run_name=f"r_{trial_id}", values=values,
                        status=status, metric=metric, steps=4 if status == "completed" else 2,
@@ -197,3 +218,22 @@ def test_a_step_reported_twice_counts_once_in_a_trials_history():
     assert _history(frame, "loss") == [[2, 1.0], [4, 0.5]]
     assert _history(frame, "lr") == [[2, 0.1], [4, 0.2]]
     assert _history(frame, "vm_loss") == [] and _history(None, "loss") == []
+
+
+def test_a_stop_request_in_the_experiment_dir_reaches_every_trial_run(tmp_path):
+    stage = _load(GOOD).stages["stage1_creation"]
+    experiment = tmp_path / "stage1_creation-0123456789ab"
+    job = SweepJob(stage=stage, name="stage1_creation", storage=str(experiment),
+                   experiment=experiment.name)
+    trial_run = Path(job.local_run_dir("t1"))
+    trial_run.mkdir(parents=True)
+    assert not request_seen(str(trial_run)) and not job.stop_requested()
+    (trial_run / PREEMPT_FILE).write_text(preempt_request("ASHA"))  # one trial only
+    assert request_seen(str(trial_run)) and not job.stop_requested()
+    clear_preemption(str(trial_run))
+    (experiment / PREEMPT_FILE).write_text(preempt_request("SIGTERM"))  # the whole sweep
+    assert request_seen(str(trial_run)) and job.stop_requested()
+    clear_preemption(job.local_dir)
+    assert not request_seen(str(trial_run)) and not request_seen(None)
+    on_s3 = dataclasses.replace(job, storage="s3://bucket/run/train/x")
+    assert on_s3.local_dir is None and not on_s3.stop_requested()

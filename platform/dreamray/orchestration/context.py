@@ -27,6 +27,8 @@ class StageContext:
         train_run_name: Ray Train run name; the same name resumes from the latest checkpoint.
         inputs: stage name -> local artifact directory, for every stage it needs.
         input_digests: stage name -> artifact digest of that input.
+        trials_at_once: a swept stage's trials at once, as the runner reserved them; None
+            (a stage run outside the runner) decides from the free resources.
     """
 
     name: str
@@ -37,6 +39,7 @@ class StageContext:
     train_run_name: str
     inputs: dict[str, str] = field(default_factory=dict)
     input_digests: dict[str, str] = field(default_factory=dict)
+    trials_at_once: int | None = None
 
 
 @dataclass

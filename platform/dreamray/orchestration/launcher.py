@@ -29,6 +29,7 @@ from dreamray.orchestration.train_data import (
     data_state_of,
     dataset_name,
     latest_checkpoint,
+    read_stored_json,
     usable_checkpoint,
 )
 from dreamray.train.faults import FAULT_ENV, parse_fault_env
@@ -158,12 +159,12 @@ def _data_config() -> Any:
 
 
 def _is_final(checkpoint: Any) -> bool:
-    from dreamray.train.checkpoint import read_meta
+    # Read where the checkpoint is stored: `as_directory` would download all of it from
+    # object storage just for meta.json. A final checkpoint's artifact files are in its ranks'
+    # listings, which `usable_checkpoint` has checked.
+    from dreamray.train.checkpoint import META_FILE
 
-    if checkpoint is None:
-        return False
-    with checkpoint.as_directory() as d:
-        return (Path(d) / ARTIFACT_SUBDIR).is_dir() and bool(read_meta(Path(d)).get("final"))
+    return checkpoint is not None and read_stored_json(checkpoint, META_FILE)["final"]
 
 
 def run_train_stage(
@@ -243,10 +244,9 @@ def fit_train_run(
 
 
 def _preempted_message(checkpoint: Any) -> str:
-    from dreamray.train.checkpoint import read_meta
+    from dreamray.train.checkpoint import META_FILE
 
-    with checkpoint.as_directory() as d:
-        step = read_meta(Path(d))["step"]
+    step = read_stored_json(checkpoint, META_FILE)["step"]
     return (f"preempted: stopped on request after step {step} with a checkpoint "
             f"({checkpoint.path}); re-submit the run to continue from it")
 

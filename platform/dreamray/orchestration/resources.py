@@ -89,6 +89,59 @@ def copies_that_fit(demand: Mapping[str, float], available: Mapping[str, float])
     return min(counts) if counts else 1 << 30
 
 
+def trial_concurrency(stage: TrainStageSpec, available: Mapping[str, float]) -> int:
+    """How many trials of a swept stage run at once: as many whole trial demands (gang + data
+    actors) as the free resources hold, at least 1, at most `num_samples` or the sweep's
+    `max_concurrent`.
+
+    Args:
+        stage: the swept stage.
+        available: the resources free for it (the runner: what its own running stages and
+            other jobs leave; a stage run on its own: `ray.available_resources()`).
+
+    Returns:
+        Tune's trials at once.
+    """
+    assert stage.sweep is not None
+    cap = min(stage.sweep.num_samples, stage.sweep.max_concurrent or stage.sweep.num_samples)
+    return max(1, min(cap, copies_that_fit(total(stage_demand(stage)), available)))
+
+
+def reservation(stage: AnyStageSpec, free: Mapping[str, float]) -> tuple[Bundle, int | None]:
+    """What the runner holds for a stage it starts: its demand, or a sweep's trials at once
+    times one trial's demand.
+
+    Args:
+        stage: the stage starting.
+        free: what is free for it now (see `free_beside`).
+
+    Returns:
+        (the reserved total, the trials at once for a sweep, else None).
+    """
+    demand = total(stage_demand(stage))
+    if not isinstance(stage, TrainStageSpec) or stage.sweep is None:
+        return demand, None
+    trials = trial_concurrency(stage, free)
+    return {k: v * trials for k, v in demand.items()}, trials
+
+
+def free_beside(cluster_total: Mapping[str, float], reserved: Mapping[str, float],
+                available: Mapping[str, float]) -> Bundle:
+    """What a new stage may take: the cluster less the runner's reservations, and no more than
+    is free now (other jobs), key by key.
+
+    Args:
+        cluster_total: `ray.cluster_resources()`.
+        reserved: totals of the runner's running stages.
+        available: `ray.available_resources()`.
+
+    Returns:
+        The free resources.
+    """
+    own_room = subtract(cluster_total, reserved)
+    return {k: min(v, available.get(k, 0.0)) for k, v in own_room.items()}
+
+
 def subtract(a: Mapping[str, float], b: Mapping[str, float]) -> Bundle:
     """`a - b` key by key (keys of `a` only)."""
     return {k: v - b.get(k, 0.0) for k, v in a.items()}

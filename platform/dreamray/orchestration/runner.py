@@ -41,7 +41,14 @@ from dreamray.orchestration.ledger import (
 from dreamray.orchestration.manifest import verify_artifact
 from dreamray.orchestration.provenance import git_commit
 from dreamray.orchestration.report import write_report
-from dreamray.orchestration.resources import Bundle, fits_now, stage_demand, total
+from dreamray.orchestration.resources import (
+    Bundle,
+    fits_now,
+    free_beside,
+    reservation,
+    stage_demand,
+    total,
+)
 from dreamray.orchestration.run_checks import (
     external_input_problems,
     recipe_problems,
@@ -273,17 +280,21 @@ class DagRunner:
             self.storage.delete_dir(train_rel(name, identity))
         record = self._new_record(name, decision)
         self.ledger.write(record)
+        snap = self.backend.snapshot()
+        reserved, trials = reservation(stage, free_beside(snap.total, total(
+            self.reserved.values()), snap.available))
         context = StageContext(
             name=name, identity=identity, spec_hash=spec_hash(stage),
             artifact_dir=artifact_rel(name, identity), train_storage=self._train_storage(True),
-            train_run_name=stage_key(name, identity), input_digests=dict(record.input_digests))
+            train_run_name=stage_key(name, identity), input_digests=dict(record.input_digests),
+            trials_at_once=trials)
         task = StageTask(storage_uri=self.storage.open_uri(),
                          artifact_rel=artifact_rel(name, identity),
                          input_rels={d: artifact_rel(d, self.ids[d]) for d in stage.needs},
                          context=context)
         handle = self.backend.submit(name, self.executors[stage.kind], stage, task)
         self.handles[handle] = name
-        self.reserved[name] = total(stage_demand(stage))
+        self.reserved[name] = reserved
         self.records[name] = record
         self.dag.set(name, "running")
         self.backend.publish(name, "running", {})

@@ -16,14 +16,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
 from dreamray.config.specs import TrainStageSpec
 from dreamray.config.sweep_specs import Choice, LogUniform, field_annotation, trial_stage
 from dreamray.orchestration.context import StageContext, StageOutcome
-from dreamray.orchestration.resources import copies_that_fit, stage_demand, total
+from dreamray.orchestration.resources import trial_concurrency
 from dreamray.orchestration.storage import join_uri, train_storage_args
 from dreamray.orchestration.sweep_trials import (
     SWEEP_DETAILS,
@@ -36,6 +35,7 @@ from dreamray.orchestration.sweep_trials import (
     trial_line,
     trial_record,
 )
+from dreamray.train.preemption import clear_preemption
 
 log = logging.getLogger("dreamray.orchestration")
 # Tune refuses a trial bundle with no resource at all; the trial only drives its Train
@@ -89,29 +89,19 @@ def run_trial(config: dict[str, Any], job: SweepJob) -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     trial_id = tune.get_context().get_trial_id()
     assert job.stage.sweep is not None
+    # A trial stopped with the sweep errors, so that Tune's restore resumes it; one that ASHA
+    # stopped returns, and stays stopped.
+    if job.stop_requested():
+        raise StagePreempted(f"trial {trial_id}: not started, the sweep was asked to stop")
     stage = trial_stage(job.stage, swept_values(job.stage.sweep, config))
     try:
         fit_train_run(stage, name=job.name, storage_path=job.storage,
                       run_name=job.run_name(trial_id), inputs=job.inputs,
                       callbacks=[TuneReportCallback()])
     except StagePreempted:
+        if job.stop_requested():
+            raise
         log.info("trial %s: stopped by the scheduler", trial_id)  # `sweep_asha.GracefulASHA`
-
-
-def trial_concurrency(stage: TrainStageSpec, available: Mapping[str, float]) -> int:
-    """How many trials run at once: as many whole trial demands (gang + data actors) as the
-    free resources hold, at least 1, at most `num_samples` or the sweep's `max_concurrent`.
-
-    Args:
-        stage: the swept stage.
-        available: `ray.available_resources()` when the sweep starts.
-
-    Returns:
-        Tune's `max_concurrent_trials`.
-    """
-    assert stage.sweep is not None
-    cap = min(stage.sweep.num_samples, stage.sweep.max_concurrent or stage.sweep.num_samples)
-    return max(1, min(cap, copies_that_fit(total(stage_demand(stage)), available)))
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -181,14 +171,21 @@ def run_sweep_stage(stage: TrainStageSpec, ctx: StageContext) -> StageOutcome:
 
     Raises:
         SweepFailed: no trial completed.
+        StagePreempted: the driver asked the sweep to stop (`DagRunner.request_stop`): its
+            trials stopped with checkpoints, and the next submission restores the sweep.
     """
     import ray
+
+    from dreamray.orchestration.launcher import StagePreempted
 
     started = time.time()
     job = SweepJob(stage=stage, name=ctx.name, experiment=ctx.train_run_name,
                    storage=join_uri(ctx.train_storage, ctx.train_run_name),
                    inputs=dict(ctx.inputs))
-    concurrency = trial_concurrency(stage, ray.available_resources())
+    clear_preemption(job.local_dir)
+    # The runner decided (and reserved) how many trials run at once; a stage run on its own
+    # decides from what is free now.
+    concurrency = ctx.trials_at_once or trial_concurrency(stage, ray.available_resources())
     # Steps without a dream image (or supervised token) leave vm_loss (lm_loss) out of their
     # report; ASHA skips such results, Tune's strict check would fail the trial instead.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -198,7 +195,16 @@ def run_sweep_stage(stage: TrainStageSpec, ctx: StageContext) -> StageOutcome:
              " (restored)" if restored else "")
     trials = [trial_record(r, job) for r in tuner.fit()]
     trials.sort(key=lambda t: t.trial_id)
+    if job.stop_requested():
+        raise StagePreempted(_stopped_message(trials))
     return publish_winner(job, trials, ctx, started)
+
+
+def _stopped_message(trials: list[TrialRecord]) -> str:
+    done = sum(t.status == "completed" for t in trials)
+    return (f"preempted: the sweep stopped on request with {done} of {len(trials)} trials "
+            "completed; the others stopped at a checkpoint or before they began. Re-submit "
+            "the run: Tune restores the sweep and only the unfinished trials train")
 
 
 def publish_winner(job: SweepJob, trials: list[TrialRecord], ctx: StageContext,

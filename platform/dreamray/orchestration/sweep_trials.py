@@ -8,10 +8,10 @@ from Tune's last result (a trial restored after its run had finished reports not
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dreamray.config.specs import TrainStageSpec
@@ -47,11 +47,25 @@ class SweepJob:
         """The Ray Train run name of one trial."""
         return f"{self.experiment}_{trial_id}"
 
-    def local_run_dir(self, trial_id: str) -> str | None:
-        """One trial's Ray Train run dir where it is a local path (else None)."""
+    @property
+    def local_dir(self) -> str | None:
+        """The experiment dir where it is a local path (else None)."""
         if "://" in self.storage and not self.storage.startswith("file://"):
             return None
-        return join_uri(self.storage.removeprefix("file://"), self.run_name(trial_id))
+        return self.storage.removeprefix("file://")
+
+    def local_run_dir(self, trial_id: str) -> str | None:
+        """One trial's Ray Train run dir where it is a local path (else None)."""
+        local = self.local_dir
+        return None if local is None else join_uri(local, self.run_name(trial_id))
+
+    def stop_requested(self) -> bool:
+        """Whether the driver asked the whole sweep to stop (its request in the experiment
+        dir, `dreamray.train.preemption`; every trial's gang sees it too)."""
+        from dreamray.train.preemption import PREEMPT_FILE
+
+        local = self.local_dir
+        return local is not None and (Path(local) / PREEMPT_FILE).is_file()
 
 
 @dataclass
@@ -110,17 +124,14 @@ def final_metrics(checkpoint: Any) -> dict[str, Any] | None:
     """
     if checkpoint is None:
         return None
+    from dreamray.orchestration.train_data import read_stored_json
     from dreamray.train.checkpoint import META_FILE
     from dreamray.train.run import METRICS_FILE
 
-    fs, root = checkpoint.filesystem, checkpoint.path.rstrip("/")
-
-    def read(rel: str) -> Any:
-        with fs.open_input_stream(f"{root}/{rel}") as f:
-            return json.loads(f.read().decode())
-
-    meta = read(META_FILE)
-    return {**read(METRICS_FILE), "step": meta["step"]} if meta["final"] else None
+    meta = read_stored_json(checkpoint, META_FILE)
+    if not meta["final"]:
+        return None
+    return {**read_stored_json(checkpoint, METRICS_FILE), "step": meta["step"]}
 
 def trial_record(result: Any, job: SweepJob) -> TrialRecord:
     """One Tune `Result` as a `TrialRecord` (winner not yet decided).
@@ -136,7 +147,9 @@ def trial_record(result: Any, job: SweepJob) -> TrialRecord:
 
     sweep = job.stage.sweep
     assert sweep is not None
-    trial_id = result.metrics["trial_id"]
+    # A trial that errored before its first report (stopped before it began) has no metrics;
+    # its directory is `tune_<trial id>` (`sweep._trial_dirname`).
+    trial_id = result.metrics.get("trial_id") or Path(result.path).name.removeprefix("tune_")
     final = final_metrics(latest_checkpoint(join_uri(job.storage, job.run_name(trial_id))))
     history = _history(result.metrics_dataframe, sweep.metric)
     if final is not None and sweep.metric in final and (not history

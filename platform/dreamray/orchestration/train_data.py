@@ -17,6 +17,7 @@ damaged latest one exactly as the restoring workers do).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,21 @@ class RankPlan(StagePlan):
 
 
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's dir names: checkpoint_<timestamp>, sortable
+
+
+def read_stored_json(checkpoint: Any, rel: str) -> Any:
+    """One small JSON file of a Ray checkpoint, read where it is stored (local or object
+    storage) without downloading the checkpoint.
+
+    Args:
+        checkpoint: a `ray.train.Checkpoint`.
+        rel: the file's path inside it (e.g. `meta.json`).
+
+    Returns:
+        The parsed JSON.
+    """
+    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path.rstrip('/')}/{rel}") as f:
+        return json.loads(f.read().decode())
 
 
 def stored_checkpoint_problems(checkpoint: Any) -> list[str]:

@@ -7,9 +7,12 @@ agree, so they write the checkpoint together (it is a collective) and return. Ra
 ends the run normally with a non-final latest checkpoint, and a re-submission continues from
 that step like any resume. The launcher removes the file before the next `fit()`.
 
-The file is looked for in the local run dir (`RunInfo.run_dir`); a stage whose Ray Train
-storage is object storage is not asked, and stops with the driver (resuming from its last
-periodic checkpoint).
+The file is looked for in the local run dir (`RunInfo.run_dir`) and in the directory above it:
+a swept stage's trials are Ray Train runs inside the sweep's Tune experiment dir, which is the
+stage's run dir as the driver knows it, so one request there stops every trial. (Above a plain
+stage's run dir is the run's Train storage, where no request is written.) A stage whose Ray
+Train storage is object storage is not asked, and stops with the driver (resuming from its
+last periodic checkpoint).
 """
 
 from __future__ import annotations
@@ -51,6 +54,20 @@ def clear_preemption(run_dir: str | None) -> None:
         (Path(run_dir) / PREEMPT_FILE).unlink(missing_ok=True)
 
 
+def request_seen(run_dir: str | None) -> bool:
+    """Whether a request is in the run dir or the directory above it (see the module doc).
+
+    Args:
+        run_dir: a local Ray Train run dir, or None.
+
+    Returns:
+        Whether a request file is there.
+    """
+    if run_dir is None:
+        return False
+    return any((d / PREEMPT_FILE).is_file() for d in (Path(run_dir), Path(run_dir).parent))
+
+
 def preemption_requested(run_dir: str | None, world_size: int) -> bool:
     """Whether any rank sees a request (collective when `world_size` > 1: every rank calls it
     after every step).
@@ -65,7 +82,7 @@ def preemption_requested(run_dir: str | None, world_size: int) -> bool:
     import torch  # here: the launcher imports this module and must stay torch-free
     import torch.distributed as dist
 
-    seen = run_dir is not None and (Path(run_dir) / PREEMPT_FILE).is_file()
+    seen = request_seen(run_dir)
     flag = torch.tensor([1.0 if seen else 0.0])
     if world_size > 1:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)

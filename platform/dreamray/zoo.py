@@ -274,17 +274,20 @@ def _build_stamped(out: Path, stamp: dict[str, Any], build: Callable[[Path], Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: ``tiny --out DIR [--seed S]`` or ``real-configs --out DIR``."""
+    """CLI entry point: ``tiny --out DIR [--seed S] [--family F]`` or ``real-configs --out DIR``."""
     parser = argparse.ArgumentParser(prog="python -m dreamray.zoo", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     tiny = sub.add_parser("tiny", help="tiny random models with weights")
     tiny.add_argument("--out", type=Path, required=True)
     tiny.add_argument("--seed", type=int, default=0)
+    families = {f.name: f for f in LLM_FAMILIES}
+    tiny.add_argument("--family", choices=sorted(families), default=LLAMA.name,
+                      help="the base LLM's family (default: %(default)s)")
     real = sub.add_parser("real-configs", help="config-only dirs of the real 7B towers")
     real.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.cmd == "tiny":
-        paths = build_tiny_zoo(args.out, seed=args.seed)
+        paths = build_tiny_zoo(args.out, seed=args.seed, family=families[args.family])
     else:
         paths = build_real_configs(args.out)
     print(json.dumps({k: str(v) for k, v in vars(paths).items()}, indent=2))

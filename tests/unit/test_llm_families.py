@@ -86,3 +86,16 @@ def test_generation_runs(family_model):
     assert len(text) == 2 and all(isinstance(t, str) for t in text)
     images = generate_images(model, ["a red dog"], guidance_scale=2.0, num_inference_steps=2)
     assert images[0].size == (16, 16)
+
+
+def test_the_zoo_cli_builds_a_family_s_zoo(tmp_path, capsys):
+    import json
+
+    from dreamray.zoo import main
+
+    assert main(["tiny", "--out", str(tmp_path), "--family", "qwen2"]) == 0
+    paths = json.loads(capsys.readouterr().out)
+    config = json.loads((tmp_path / "llm" / "config.json").read_text())
+    assert paths["llm"] == str(tmp_path / "llm") and config["model_type"] == "qwen2"
+    with pytest.raises(SystemExit):
+        main(["tiny", "--out", str(tmp_path / "x"), "--family", "gpt2"])

@@ -155,3 +155,17 @@ def test_generation_prompts_and_decoding_match_sentencepiece(model, sp):
     text = gen.generate_text(model, [prompt], [[image]], max_new_tokens=5)[0]
     plain = [t for t in new if t < SPM_VOCAB]
     assert text == sp.decode(plain)
+
+
+def test_a_space_after_an_image_placeholder_is_the_runs_own_word_boundary(model, sp, tiny_zoo):
+    # each text run is encoded on its own: SentencePiece's dummy prefix is the run's `▁`, so
+    # "<image> what" must not become `▁ ▁what` (the builder's convention, `SequenceBuilder.encode`)
+    ids = gen.prompt_ids(model, "USER: <image> what color is it? <image>\nASSISTANT:")
+    assert ids == ([1] + sp.encode("USER: ") + _img(model) + sp.encode("what color is it? ")
+                   + _img(model) + sp.encode("\nASSISTANT:"))
+    # byte-level BPE has no dummy prefix: its " what" keeps the space (`Ġwhat`)
+    from model_fixtures import built_model
+
+    bpe = built_model(tiny_zoo)
+    tail = bpe.tokenizer(" what", add_special_tokens=False).input_ids
+    assert gen.prompt_ids(bpe, "a <image> what")[-len(tail):] == tail

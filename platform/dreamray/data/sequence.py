@@ -40,7 +40,7 @@ from dreamray.data.schema import (
     ROLE_ASSISTANT,
     ROLE_USER,
 )
-from dreamray.model.tokens import IGNORE_INDEX, SpecialTokenIds
+from dreamray.model.tokens import IGNORE_INDEX, SpecialTokenIds, adds_word_boundary
 
 MODES = ("comprehension", "creation", "joint")
 VICUNA_SYSTEM = (
@@ -147,15 +147,6 @@ def load_stage_tokenizer(tokenizer_dir: str) -> Any:
     return tokenizer
 
 
-def _adds_word_boundary(tokenizer: Any) -> bool:
-    """Whether the tokenizer starts every text with a word boundary of its own (SentencePiece's
-    dummy prefix: "a" -> `▁a`), so that " a" ends with the tokens of "a"; byte-level BPE does
-    not ("a" -> `a`, " a" -> `Ġa`)."""
-    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
-    spaced = tokenizer(" a", add_special_tokens=False)["input_ids"]
-    return list(spaced[-len(bare):]) == list(bare)
-
-
 class SequenceBuilder:
     """Builds token sequences for one stage (one tokenizer, layout, mode and seed)."""
 
@@ -178,7 +169,7 @@ class SequenceBuilder:
         self.mode = mode
         self.seed = seed
         self._masked = self.ids.unsupervised_ids()
-        self._own_word_boundary = _adds_word_boundary(tokenizer)
+        self._own_word_boundary = adds_word_boundary(tokenizer)
 
     def build(self, row: Mapping[str, Any]) -> BuiltSample:
         """Build one sample.

@@ -41,7 +41,7 @@ from dreamray.model.sampling import (
     make_scheduler,
     to_pil,
 )
-from dreamray.model.tokens import IMAGE
+from dreamray.model.tokens import IMAGE, adds_word_boundary
 
 Segment = str | Image.Image
 LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -99,7 +99,13 @@ def prompt_ids(model: DreamLLM, prompt: str) -> list[int]:
     for i, piece in enumerate(prompt.split(IMAGE)):
         if i:
             out += ids.image_block(model.num_patches)
-        out += tok(piece, add_special_tokens=False).input_ids
+            if piece.startswith(" ") and adds_word_boundary(tok):
+                # SentencePiece opens every run with a `▁` of its own: the space after the
+                # block is that boundary (as the sequence builder encodes training text), not
+                # a second `▁` before the word
+                piece = piece[1:]
+        if piece:
+            out += tok(piece, add_special_tokens=False).input_ids
     return out
 
 

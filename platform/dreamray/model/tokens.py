@@ -104,3 +104,20 @@ class SpecialTokenIds:
     def unsupervised_ids(self) -> frozenset[int]:
         """Token ids masked out of the LM labels (everything special but `<dream_start>`)."""
         return frozenset({self.im_patch, self.im_start, self.im_end, self.dream_end, self.pad})
+
+
+def adds_word_boundary(tokenizer: Any) -> bool:
+    """Whether the tokenizer starts every text with a word boundary of its own (SentencePiece's
+    dummy prefix: "a" -> `▁a`, so " a" -> `▁ ▁a` ends with the tokens of "a"); byte-level BPE
+    does not ("a" -> `a`, " a" -> `Ġa`). Text after an image block or special token then drops
+    its leading space, which that boundary stands for.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+
+    Returns:
+        Whether it adds the boundary.
+    """
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    spaced = tokenizer(" a", add_special_tokens=False)["input_ids"]
+    return list(spaced[-len(bare):]) == list(bare)

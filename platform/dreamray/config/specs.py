@@ -82,6 +82,8 @@ class DataSpec(Spec):
     seed: int = 42
     random_flip: bool = False
     max_skip_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    # stage II / SFT: a step's samples share rows of model.max_length (dreamray.data.packing)
+    packing: bool = False
     map_workers_per_rank: int = Field(
         1,
         ge=1,
@@ -232,9 +234,22 @@ class TrainStageSpec(SweptStage):
                 f"data.num_samples={self.data.num_samples} is smaller than one global batch "
                 f"({self.deepspeed.global_batch_size})"
             )
+        problems += self._packing_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _packing_problems(self) -> list[str]:
+        # What the spec alone decides: a dream block. The IMG block's size needs the CLIP
+        # config, checked when the data is planned (`dreamray.data.packing.stage_pack_length`).
+        if not self.data.packing or self.data.mode == "comprehension":
+            return []
+        need = self.model.num_dream_queries + 4  # <s> <dream_start> Q x <im_patch> <dream_end> </s>
+        if self.model.max_length >= need:
+            return []
+        return [f"model.max_length={self.model.max_length} is shorter than one sample with a "
+                f"single dream block ({need} tokens for num_dream_queries="
+                f"{self.model.num_dream_queries}); data.packing needs max_length >= {need}"]
 
     @property
     def grad_accumulation_steps(self) -> int:

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from dreamray.config.specs import TrainStageSpec
 from dreamray.data.collate import CollateSpec, collate
+from dreamray.data.packing import pack_rows, stage_pack_length
 from dreamray.data.progress import BatchInfo, DataProgress
 from dreamray.data.sequence import load_stage_tokenizer
 
@@ -42,7 +43,11 @@ def make_collate_spec(stage: TrainStageSpec, tokenizer_dir: str) -> CollateSpec:
         tokenizer_dir: the stage's tokenizer dir (the one its datasets were built with).
 
     Returns:
-        Pad id, image shapes and the CLIP processor's rescale / normalisation.
+        Pad id, image shapes, the CLIP processor's rescale / normalisation and the packing
+        row length (`data.packing`).
+
+    Raises:
+        PackingLayoutError: packing with a `model.max_length` that cannot hold one image.
     """
     from dreamray.data.transforms import ImageTransforms
 
@@ -50,7 +55,8 @@ def make_collate_spec(stage: TrainStageSpec, tokenizer_dir: str) -> CollateSpec:
     transforms = ImageTransforms(stage.model.vision_path, stage.model.diffusion_path, False, 0)
     rescale, mean, std = transforms.clip_normalization()
     return CollateSpec(
-        tokenizer.pad_token_id, transforms.clip_shape, transforms.sd_size, rescale, mean, std
+        tokenizer.pad_token_id, transforms.clip_shape, transforms.sd_size, rescale, mean, std,
+        pack_length=stage_pack_length(stage),
     )
 
 
@@ -111,6 +117,39 @@ def _batch_info(records: list[dict], skipped: list[dict]) -> BatchInfo:
     )
 
 
+def _filled(records: Iterator[dict], size: int) -> Iterator[tuple[list[dict], list[dict]]]:
+    """(trainable, skipped) groups of `size` trainable records in stream order; when the
+    stream ends, one last group with fewer (possibly none)."""
+    group: list[dict] = []
+    skipped: list[dict] = []
+    for record in records:
+        (skipped if record["skip_reason"] else group).append(record)
+        if len(group) == size:
+            yield group, skipped
+            group, skipped = [], []
+    yield group, skipped
+
+
+def _deal(group: list[dict], micro: int, spec: CollateSpec) -> list[tuple[list, list | None]]:
+    """A group's micro-batches as (records, rows): packed, the group's rows dealt round-robin
+    to ceil(len / micro) micro-batches (rows index each micro-batch's records); unpacked, or
+    when the group packs into fewer rows than micro-batches, consecutive slices of `micro`."""
+    count = -(-len(group) // micro)
+    slices = [(group[k * micro : (k + 1) * micro], None) for k in range(count)]
+    if spec.pack_length is None or count <= 1:
+        return slices
+    rows = pack_rows([int(r["num_tokens"]) for r in group], spec.pack_length)
+    if len(rows) < count:
+        return slices
+    out = []
+    for k in range(count):
+        dealt = rows[k::count]
+        starts = np.cumsum([0] + [len(row) for row in dealt]).tolist()
+        local = [list(range(a, b)) for a, b in zip(starts, starts[1:], strict=False)]
+        out.append(([group[i] for row in dealt for i in row], local))
+    return out
+
+
 def iter_train_batches(
     shard: Any,
     spec: CollateSpec,
@@ -118,45 +157,50 @@ def iter_train_batches(
     num_batches: int | None,
     progress: DataProgress | None,
     prefetch_blocks: int = 2,
+    pack_pool: int = 1,
 ) -> Iterator[tuple[dict, BatchInfo]]:
     """Micro-batches of a worker's shard, with their accounting.
 
     Args:
         shard: `ray.train.get_dataset_shard(...)` or one `streaming_split` iterator.
         spec: `make_collate_spec(...)`.
-        micro_batch_size: trainable samples per batch.
+        micro_batch_size: trainable samples per batch (packed with a pool: on average).
         num_batches: batches to deliver, then stop (same on every rank: lock step). None:
             until the shard ends, the last batch possibly smaller.
         progress: updated as each batch is handed out (None: no bookkeeping).
         prefetch_blocks: blocks (map chunks) Ray Data fetches ahead of the one being cut.
+        pack_pool: when packing, how many consecutive micro-batches' samples are packed
+            together and their rows dealt back to that many micro-batches
+            (`dreamray.data.packing.stage_pack_pool`); ignored without packing.
 
     Yields:
         (batch contract dict of tensors, BatchInfo); skipped samples consumed while filling a
-        batch are counted in its BatchInfo.
+        batch (or a pool) are counted in its (its first batch's) BatchInfo.
 
     Raises:
         DataExhaustedError: the shard ended before `num_batches` batches.
+        ValueError: `num_batches` is not a whole number of pools.
     """
-    delivered, batch, skipped = 0, [], []
+    pool = pack_pool if spec.pack_length is not None else 1
+    if num_batches is not None and num_batches % pool:
+        raise ValueError(f"num_batches={num_batches} is not a multiple of pack_pool={pool}")
+    delivered = 0
     if num_batches == 0:
         return
-    for record in _records(shard, prefetch_blocks):
-        (skipped if record["skip_reason"] else batch).append(record)
-        if len(batch) == micro_batch_size:
-            info = _batch_info(batch, skipped)
+    for group, skipped in _filled(_records(shard, prefetch_blocks), micro_batch_size * pool):
+        if num_batches is not None and len(group) < micro_batch_size * pool:
+            raise DataExhaustedError(
+                f"shard ended after {delivered} of {num_batches} micro-batches: too many "
+                "samples skipped for the plan's surplus, or more batches asked for than "
+                "data.num_samples"
+            )
+        parts = _deal(group, micro_batch_size, spec) or [([], None)]
+        for k, (records, rows) in enumerate(parts):
+            info = _batch_info(records, skipped if k == 0 else [])
             if progress is not None:
                 progress.record(info)
-            yield collate(batch, spec), info
-            delivered, batch, skipped = delivered + 1, [], []
+            if records:
+                yield collate(records, spec, rows), info
+            delivered += 1
             if delivered == num_batches:
                 return
-    if num_batches is not None:
-        raise DataExhaustedError(
-            f"shard ended after {delivered} of {num_batches} micro-batches: too many samples "
-            "skipped for the plan's surplus, or more batches asked for than data.num_samples"
-        )
-    info = _batch_info(batch, skipped)
-    if progress is not None:
-        progress.record(info)
-    if batch:
-        yield collate(batch, spec), info

@@ -6,6 +6,12 @@ the pad id, `attention_mask` 0, `labels` -100, and concatenates images in sample
 i-th IMG (DRM) block of the flattened batch owns the i-th CLIP (SD) image. No image: shape
 [0, 3, H, W]. This module imports neither Ray nor DeepSpeed (checked by
 tests/unit/test_boundaries.py).
+
+Packing (`CollateSpec.pack_length` set, from `data.packing`): the same samples share rows of at
+most that many tokens (`dreamray.data.packing`), and the batch gains ``position_ids [R, W]``,
+restarting at 0 for every sample, which is how the model tells the samples of a row apart.
+Each sample's first label becomes -100 (it is never a target unpacked either, and the row's
+previous sample must not learn to predict it); images follow the packed row-major order.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from dreamray.data.packing import pack_rows, packed_positions
 from dreamray.model.tokens import IGNORE_INDEX
 
 BATCH_KEYS = ("input_ids", "attention_mask", "labels", "clip_pixel_values", "sd_pixel_values")
+POSITION_IDS = "position_ids"  # only in a packed batch
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,7 @@ class CollateSpec:
     clip_rescale: float  # the CLIP processor's rescale factor
     clip_mean: tuple[float, ...]  # its image_mean
     clip_std: tuple[float, ...]  # its image_std
+    pack_length: int | None = None  # rows of at most this many tokens; None: one sample a row
 
 
 def _images(records: Sequence[Mapping[str, Any]], key: str, count: str, shape, dtype):
@@ -47,20 +56,29 @@ def _images(records: Sequence[Mapping[str, Any]], key: str, count: str, shape, d
     return torch.from_numpy(np.concatenate(arrays) if arrays else np.zeros((0, *shape), dtype))
 
 
-def collate(records: Sequence[Mapping[str, Any]], spec: CollateSpec) -> dict[str, torch.Tensor]:
+def collate(
+    records: Sequence[Mapping[str, Any]],
+    spec: CollateSpec,
+    rows: list[list[int]] | None = None,
+) -> dict[str, torch.Tensor]:
     """Build the batch contract from trainable records.
 
     Args:
         records: one or more records with an empty `skip_reason`.
-        spec: pad id and image shapes.
+        spec: pad id, image shapes and whether to pack.
+        rows: packing only: the layout, indices into `records` per row, when the caller
+            decided it (`dreamray.data.batches` packs a pool of micro-batches at once); None:
+            `pack_rows` decides.
 
     Returns:
         ``input_ids`` long [B, L], ``attention_mask`` long [B, L], ``labels`` long [B, L],
         ``clip_pixel_values`` float32 [N_img, 3, H, W] (normalised), ``sd_pixel_values`` float32
-        [N_dm, 3, R, R] in [-1, 1].
+        [N_dm, 3, R, R] in [-1, 1]; packed, B counts rows and ``position_ids`` long [B, L] is
+        added.
 
     Raises:
-        ValueError: no records, a skipped record, or a payload of the wrong size.
+        ValueError: no records, a skipped record, a payload of the wrong size, or (packing) a
+            record longer than `spec.pack_length`.
     """
     if not records:
         raise ValueError("cannot collate an empty batch")
@@ -69,26 +87,72 @@ def collate(records: Sequence[Mapping[str, Any]], spec: CollateSpec) -> dict[str
         raise ValueError(f"skipped records cannot be collated: {skipped}")
     ids = [np.frombuffer(r["input_ids"], dtype=np.int32) for r in records]
     labels = [np.frombuffer(r["labels"], dtype=np.int32) for r in records]
-    length = max(len(x) for x in ids)
-    batch_ids = np.full((len(ids), length), spec.pad_id, dtype=np.int64)
-    batch_labels = np.full((len(ids), length), IGNORE_INDEX, dtype=np.int64)
-    mask = np.zeros((len(ids), length), dtype=np.int64)
-    for i, (x, y) in enumerate(zip(ids, labels, strict=True)):
-        batch_ids[i, : len(x)] = x
-        batch_labels[i, : len(y)] = y
-        mask[i, : len(x)] = 1
+    if spec.pack_length is None:
+        rows = [[i] for i in range(len(records))]
+    elif rows is None:
+        rows = pack_rows([len(x) for x in ids], spec.pack_length)
+    tokens = _token_tensors(ids, labels, rows, spec)
+    ordered = [records[i] for row in rows for i in row]  # the blocks' row-major order
     sd_shape = (3, spec.sd_size, spec.sd_size)
-    sd = _images(records, "sd_pixels", "n_sd", sd_shape, np.uint8)
-    clip = _images(records, "clip_pixels", "n_clip", spec.clip_shape, np.uint8)
+    sd = _images(ordered, "sd_pixels", "n_sd", sd_shape, np.uint8)
+    clip = _images(ordered, "clip_pixels", "n_clip", spec.clip_shape, np.uint8)
     mean = torch.tensor(spec.clip_mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(spec.clip_std, dtype=torch.float32).view(1, 3, 1, 1)
-    return {
-        "input_ids": torch.from_numpy(batch_ids),
-        "attention_mask": torch.from_numpy(mask),
-        "labels": torch.from_numpy(batch_labels),
+    position_ids = tokens.pop(POSITION_IDS, None)
+    batch = {
+        **tokens,
         # the CLIP processor's rescale + normalise, on the uint8 it resized and cropped (in
         # place: the same float32 operations in the same order, without three temporaries)
         "clip_pixel_values": clip.to(torch.float32).mul_(spec.clip_rescale).sub_(mean).div_(std),
         # uint8 -> [-1, 1]: the last step of the SD transform (ToTensor + Normalize(0.5, 0.5))
         "sd_pixel_values": sd.to(torch.float32).div_(127.5).sub_(1.0),
     }
+    if position_ids is not None:
+        batch[POSITION_IDS] = position_ids
+    return batch
+
+
+def _token_tensors(ids, labels, rows: list[list[int]], spec: CollateSpec) -> dict:
+    """input_ids, attention_mask, labels (and position_ids when packing) of the rows, padded
+    on the right to the longest row."""
+    lengths = [[len(ids[i]) for i in row] for row in rows]
+    width = max(sum(row) for row in lengths)
+    batch_ids = np.full((len(rows), width), spec.pad_id, dtype=np.int64)
+    batch_labels = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            end = at + len(ids[i])
+            batch_ids[r, at:end] = ids[i]
+            batch_labels[r, at:end] = labels[i]
+            mask[r, at:end] = 1
+            if spec.pack_length is not None:
+                batch_labels[r, at] = IGNORE_INDEX  # never a target: see the module docstring
+            at = end
+    out = {
+        "input_ids": torch.from_numpy(batch_ids),
+        "attention_mask": torch.from_numpy(mask),
+        "labels": torch.from_numpy(batch_labels),
+    }
+    if spec.pack_length is not None:
+        positions = [packed_positions(row, width) for row in lengths]
+        out[POSITION_IDS] = torch.tensor(positions, dtype=torch.long)
+    return out
+
+
+def count_samples(batch: Mapping[str, torch.Tensor]) -> int:
+    """How many samples a collated batch holds (packed: several per row).
+
+    Args:
+        batch: a batch from `collate` (``position_ids`` present when packed).
+
+    Returns:
+        Rows when unpacked; otherwise the real tokens at position 0 (every sample starts at 0,
+        padding is not real).
+    """
+    positions = batch.get(POSITION_IDS)
+    if positions is None:
+        return int(batch["input_ids"].shape[0])
+    starts = (positions == 0) & (batch["attention_mask"] != 0)
+    return int(starts.sum())

@@ -49,6 +49,7 @@ from dreamray.data.mixing import (
     index_source,
     locate_draws,
 )
+from dreamray.data.packing import stage_pack_length
 from dreamray.data.progress import DataState, RangeSet
 from dreamray.data.records import make_record, records_table, skipped_record
 from dreamray.data.sequence import (
@@ -153,6 +154,8 @@ class StagePlan:
         self.chunk_size = chunk_size
         self.schedule = MixSchedule([s.weight for s in data.sources], data.seed)
         self.counter = DrawCounter(self.schedule, self.stop)
+        # on the driver, before any actor starts: a packing length too short is a config error
+        stage_pack_length(stage)
 
     @property
     def num_chunks(self) -> int:

@@ -19,6 +19,7 @@ from dreamray.model import artifact, reference_layout, shards
 from dreamray.model import blocks as blk
 from dreamray.model.diffusion import StableDiffusionHead
 from dreamray.model.losses import lm_loss_sum
+from dreamray.model.packed_attention import run_packed_llm
 from dreamray.model.plugin_config import DreamLLMConfig
 from dreamray.model.plugins import CLIPVisionEmbedding, DreamEmbedding
 from dreamray.model.reference_config import TowerPaths
@@ -244,6 +245,7 @@ class DreamLLM(nn.Module):
         *,
         lm_weight: float,
         vm_weight: float,
+        position_ids: torch.Tensor | None = None,
     ) -> DreamLLMOutput:
         """One training forward over the batch contract.
 
@@ -257,19 +259,26 @@ class DreamLLM(nn.Module):
             clip_pixel_values: ``[N_img, 3, H, W]`` for the IMG blocks, or None.
             sd_pixel_values: ``[N_dm, 3, R, R]`` in [-1, 1], the DRM blocks' targets, or None.
             lm_weight, vm_weight: loss = lm_weight * lm_loss + vm_weight * vm_loss.
+            position_ids: ``[B, L]`` of a packed batch (`dreamray.data.packing`): each sample's
+                positions restart at 0, and no token attends across a sample. None: unpacked.
 
         Returns:
             The batch-mean losses, the sums they divide and the counts.
 
         Raises:
             BlockError: when blocks are malformed or their counts differ from the images supplied.
+            ValueError: a packed batch for an LLM attention that cannot keep samples apart.
         """
         dreams = self.dream_blocks(input_ids)
         num_dreams = 0 if sd_pixel_values is None else sd_pixel_values.shape[0]
         blk.check_image_count(dreams, num_dreams, input_ids.shape[0], "sd_pixel_values")
         embeds = self.embed(input_ids, clip_pixel_values, every_tower=True)
-        out, hidden = self.run_llm(embeds, attention_mask)
-        lm_sum, num_tokens = lm_loss_sum(out.logits, labels)
+        if position_ids is None:
+            out, hidden = self.run_llm(embeds, attention_mask)
+            logits = out.logits
+        else:
+            logits, hidden = run_packed_llm(self, embeds, position_ids)
+        lm_sum, num_tokens = lm_loss_sum(logits, labels)
         vm_sum = self._vm_loss_sum(hidden, dreams, sd_pixel_values)
         lm, vm = lm_sum / num_tokens.clamp(min=1), vm_sum / max(num_dreams, 1)
         loss = lm_weight * lm + vm_weight * vm

@@ -62,6 +62,7 @@ class DataFeed:
 
     def _pipeline(self, run, resume) -> Iterator[Mapping[str, Any]]:
         from dreamray.data.batches import iter_train_batches, make_collate_spec
+        from dreamray.data.packing import stage_pack_pool
         from dreamray.data.pipeline import stage_fingerprint
         from dreamray.data.progress import DataProgress
         from dreamray.train.run import tokenizer_dir
@@ -74,7 +75,9 @@ class DataFeed:
             shard = SkipConsumed(shard, resume.consumed)
         remaining = (stage.total_steps - self.loop_state.step) * stage.grad_accumulation_steps
         micro = stage.deepspeed.micro_batch_per_gpu
-        it = iter_train_batches(shard, spec, micro, remaining, self.progress)
+        it = iter_train_batches(
+            shard, spec, micro, remaining, self.progress, pack_pool=stage_pack_pool(stage)
+        )
         return self._accounted(it, _data_metrics(run, stage))
 
     def _accounted(self, it, metrics) -> Iterator[Mapping[str, Any]]:

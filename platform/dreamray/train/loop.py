@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from dreamray.config.specs import LossNormalization
+from dreamray.data.collate import POSITION_IDS, count_samples
 from dreamray.model.losses import supervised_token_count
 from dreamray.train.state import TrainState
 
@@ -144,7 +145,7 @@ def to_device(batch: Mapping[str, Any], device: torch.device, dtype: torch.dtype
         dtype: the compute dtype for floating inputs.
 
     Returns:
-        A dict with exactly `BATCH_KEYS`.
+        A dict with exactly `BATCH_KEYS`, plus ``position_ids`` for a packed batch.
     """
     out = {}
     for key in BATCH_KEYS:
@@ -154,6 +155,8 @@ def to_device(batch: Mapping[str, Any], device: torch.device, dtype: torch.dtype
         else:
             value = value.to(device)
         out[key] = value
+    if batch.get(POSITION_IDS) is not None:
+        out[POSITION_IDS] = batch[POSITION_IDS].to(device)
     return out
 
 
@@ -226,7 +229,7 @@ def micro_step(
     logged = [float(t.item()) for t in terms] if finite else [0.0] * 3
     stats = torch.tensor(
         [*logged, 0.0 if finite else 1.0, float(inputs["attention_mask"].sum().item()),
-         float(inputs["input_ids"].shape[0]), float(images), float(_dream_count(batch))],
+         float(count_samples(inputs)), float(images), float(_dream_count(batch))],
         dtype=torch.float64,
     )
     _all_reduce(stats, ctx.world_size)
@@ -280,7 +283,7 @@ def optimizer_step(ctx: LoopContext, batches: Iterator, state: TrainState) -> St
     ctx.data_wait_s = time.perf_counter() - start
     for batch in micro_batches:
         totals += micro_step(ctx, batch, ctx.engine.is_gradient_accumulation_boundary(), counts)
-        state.samples_rank += int(batch["input_ids"].shape[0])
+        state.samples_rank += count_samples(batch)
     skipped = ctx.optimizer.skip_next or not ctx.engine.was_step_applied()
     ctx.optimizer.skip_next = False
     with warnings.catch_warnings():

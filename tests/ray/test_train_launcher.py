@@ -147,10 +147,14 @@ def test_damaged_final_checkpoint_falls_back_to_the_previous_one(recipe, trained
     assert len(data.consumed) == data.counters.samples + data.counters.num_skipped
 
 
-def test_a_preemption_request_stops_the_gang_at_a_step_and_the_rerun_finishes(recipe, trained):
+# stage2 trains packed rows (tiny.yaml's data.packing): its re-run must continue exactly too.
+@pytest.mark.parametrize("name", ["stage1_comprehension",
+                                  pytest.param("stage2", marks=pytest.mark.slow)])
+def test_a_preemption_request_stops_the_gang_at_a_step_and_the_rerun_finishes(recipe, trained,
+                                                                              name):
     storage, outcomes = trained
-    name = "stage1_comprehension"
-    run_dir = storage / "comprehension-preempted"
+    artifacts = {ref: Path(path) for ref, path in outcomes[name][1].items()}
+    run_dir = storage / f"{name}-preempted"
 
     def ask_once_the_run_starts():  # the launcher clears old requests before fit() starts
         deadline = time.time() + 120
@@ -161,9 +165,9 @@ def test_a_preemption_request_stops_the_gang_at_a_step_and_the_rerun_finishes(re
     asker = threading.Thread(target=ask_once_the_run_starts, daemon=True)
     asker.start()
     with pytest.raises(StagePreempted, match=r"after step 1 with a checkpoint.*re-submit"):
-        _train(recipe, name, storage, {}, run_name="comprehension-preempted")
+        _train(recipe, name, storage, dict(artifacts), run_name=run_dir.name)
     asker.join()
-    out, _ = _train(recipe, name, storage, {}, run_name="comprehension-preempted")
+    out, _ = _train(recipe, name, storage, dict(artifacts), run_name=run_dir.name)
     planned = recipe.stages[name].total_steps
     assert out.steps == planned and not (run_dir / PREEMPT_FILE).exists()
     reference = {r["step"]: r["loss"] for r in outcomes[name][0].history}

@@ -115,6 +115,18 @@ def rank_main(
     train_worker(stage, run, session, batches=fixed_batches(zoo, stage, (kinds[rank],)))
 
 
+def _rank_entry(target, *args) -> None:
+    """Run one rank, then leave the process group together with the other ranks: a gloo group
+    still alive at interpreter exit can abort the process ("terminate called without an active
+    exception") after its work was done, failing a run that trained correctly."""
+    import torch.distributed as dist
+
+    target(*args)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def spawn_ranks(target, world_size: int, args: tuple, timeout_s: float) -> None:
     """Run `target(rank, world_size, port, *args)` in `world_size` spawned processes (gloo on a
     free local port) and fail the test if one exits non-zero or is still running at the timeout.
@@ -132,7 +144,7 @@ def spawn_ranks(target, world_size: int, args: tuple, timeout_s: float) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=target, args=(r, world_size, port, *args))
+    procs = [ctx.Process(target=_rank_entry, args=(target, r, world_size, port, *args))
              for r in range(world_size)]
     for p in procs:
         p.start()
@@ -144,4 +156,5 @@ def spawn_ranks(target, world_size: int, args: tuple, timeout_s: float) -> None:
         if p.is_alive():
             p.kill()
     assert not hung, f"ranks {hung} still running after {timeout_s}s: a collective hung"
-    assert [p.exitcode for p in procs] == [0] * world_size, "a rank failed"
+    codes = [p.exitcode for p in procs]
+    assert codes == [0] * world_size, f"a rank failed: exit codes {codes}"

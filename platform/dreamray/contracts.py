@@ -54,6 +54,7 @@ STAGE_FILE = "stage.json"
 TRAIN_KIND = "train"
 MERGE_KIND = "merge"
 EVAL_KIND = "eval"
+PRECOMPUTE_KIND = "precompute"
 DEFAULT_STAGE_KIND = TRAIN_KIND
 
 # The numbers every optimizer step reports (`dreamray.train.loop.StepMetrics`; a unit test keeps

@@ -78,17 +78,23 @@ def _image_seed(image: torch.Tensor) -> int:
 
 
 def make_diffusion_deterministic(set_attr=setattr) -> None:
-    """Patch the diffusion head: the posterior mean, and noise/timestep seeded per image.
+    """Patch the diffusion head: the posterior mean, and noise/timestep seeded per image (by
+    its pixels, so the seed follows the image whatever batch it is in).
 
     Args:
         set_attr: `setattr`, or pytest's `monkeypatch.setattr` to undo it after the test.
     """
     from dreamray.model.diffusion import StableDiffusionHead
 
-    def encode(self, pixel_values):
+    original_moments = StableDiffusionHead.latent_moments
+
+    def latent_moments(self, pixel_values):
         self._seeds = [_image_seed(img) for img in pixel_values]
-        dist = self.vae.encode(pixel_values.to(next(self.vae.parameters()).dtype)).latent_dist
-        return dist.mode() * self.vae.config.scaling_factor
+        return original_moments(self, pixel_values)
+
+    def sample_latents(self, moments):
+        mean = moments.to(next(self.vae.parameters()).dtype).chunk(2, dim=1)[0]
+        return mean.contiguous() * self.vae.config.scaling_factor
 
     def draw_noise(self, latents):
         noise, steps = [], []
@@ -98,7 +104,8 @@ def make_diffusion_deterministic(set_attr=setattr) -> None:
             steps.append(int(torch.randint(0, self.num_train_timesteps, (1,), generator=g)))
         return torch.stack(noise), torch.tensor(steps, device=latents.device)
 
-    set_attr(StableDiffusionHead, "encode", torch.no_grad()(encode))
+    set_attr(StableDiffusionHead, "latent_moments", latent_moments)
+    set_attr(StableDiffusionHead, "sample_latents", sample_latents)
     set_attr(StableDiffusionHead, "draw_noise", draw_noise)
 
 

@@ -14,18 +14,22 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from dreamray.config.precompute_specs import PrecomputeStageSpec
 from dreamray.config.specs import MergeStageSpec, RecipeSpec, TrainStageSpec, find_cycle
 from dreamray.contracts import (
     BASE_SOURCE,
     EVAL_KIND,
     MERGE_KIND,
+    PRECOMPUTE_KIND,
     TRAIN_KIND,
     is_stage_ref,
     stage_kind,
 )
 
 STAGE_DEFAULTS_KEY = "stage_defaults"
-STAGE_KINDS = (TRAIN_KIND, MERGE_KIND, EVAL_KIND)
+# what a precompute stage takes from `stage_defaults.model` where it does not set them
+PRECOMPUTE_TOWER_FIELDS = ("vision_path", "diffusion_path", "vision_select_layer")
+STAGE_KINDS = (TRAIN_KIND, MERGE_KIND, EVAL_KIND, PRECOMPUTE_KIND)
 
 
 class RecipeError(ValueError):
@@ -148,7 +152,8 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 def merge_stage_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     """Deep-merge `stage_defaults` under every train stage, then drop the key. An eval of the
     base model (`eval.model: base`) takes the defaults' `model` and `seed` as its `base_model`
-    and `seed`, where it does not set them: the starting point of the train stages."""
+    and `seed`, where it does not set them: the starting point of the train stages. A
+    precompute stage takes the defaults' towers (PRECOMPUTE_TOWER_FIELDS of `model`)."""
     out = dict(raw)
     defaults = out.pop(STAGE_DEFAULTS_KEY, None) or {}
     stages = out.get("stages")
@@ -169,6 +174,10 @@ def _with_defaults(stage: Any, defaults: dict[str, Any]) -> Any:
         renamed = {"model": "base_model", "seed": "seed"}
         base = {renamed[k]: v for k, v in defaults.items() if k in renamed}
         return deep_merge(base, stage)
+    if kind == PRECOMPUTE_KIND and isinstance(stage.get("precompute"), dict):
+        model = defaults.get("model") if isinstance(defaults.get("model"), dict) else {}
+        towers = {k: v for k, v in model.items() if k in PRECOMPUTE_TOWER_FIELDS}
+        return deep_merge({"precompute": towers}, stage)
     return stage
 
 
@@ -216,6 +225,8 @@ def local_paths(recipe: RecipeSpec) -> Iterator[tuple[str, str]]:
                 yield f"{key}.model.{field}", getattr(stage.model, field)
             for i, src in enumerate(stage.data.sources):
                 yield f"{key}.data.sources.{i}.path", src.path
+            if stage.data.features is not None and not is_stage_ref(stage.data.features):
+                yield f"{key}.data.features", stage.data.features
             for field in ("llm", "plugins"):
                 value = getattr(stage.init, field)
                 if value != BASE_SOURCE and not is_stage_ref(value):
@@ -224,6 +235,12 @@ def local_paths(recipe: RecipeSpec) -> Iterator[tuple[str, str]]:
             for field, value in stage.merge.model_dump().items():
                 if not is_stage_ref(value):
                     yield f"{key}.merge.{field}", value
+        elif isinstance(stage, PrecomputeStageSpec):
+            pre = stage.precompute
+            yield f"{key}.precompute.vision_path", pre.vision_path
+            yield f"{key}.precompute.diffusion_path", pre.diffusion_path
+            for i, src in enumerate(pre.sources):
+                yield f"{key}.precompute.sources.{i}.path", src.path
         else:
             if stage.base_model is not None:
                 for field in MODEL_PATH_FIELDS:

@@ -13,12 +13,19 @@ from pydantic import Discriminator, Field, Tag, model_validator
 
 from dreamray.config.base import Spec
 from dreamray.config.eval_specs import EvalSpec
+from dreamray.config.precompute_specs import (
+    PrecomputeStageSpec,
+    feature_ref_problems,
+    features_problems,
+)
+from dreamray.config.scaling import ScalingSpec
 from dreamray.config.sweep_specs import SweptStage
 from dreamray.contracts import (
     BASE_SOURCE,
     EVAL_KIND,
     GROUP_NAMES,
     MERGE_KIND,
+    PRECOMPUTE_KIND,
     TRAIN_KIND,
     referenced_stages,
     stage_kind,
@@ -84,6 +91,9 @@ class DataSpec(Spec):
     max_skip_fraction: float = Field(0.05, ge=0.0, le=1.0)
     # stage II / SFT: a step's samples share rows of model.max_length (dreamray.data.packing)
     packing: bool = False
+    # stage I: read a precompute stage's tower outputs instead of pixels (dreamray.data.features)
+    features: str | None = Field(
+        None, description="stage:<precompute stage>, or a precompute stage's artifact dir")
     map_workers_per_rank: int = Field(
         1,
         ge=1,
@@ -162,26 +172,6 @@ class DeepSpeedSpec(Spec):
         return self
 
 
-class ScalingSpec(Spec):
-    """Ray Train gang: workers and what each one holds."""
-
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0.0)
-    gpus_per_worker: float = Field(1.0, ge=0.0)
-
-    def worker_resources(self) -> dict[str, float]:
-        """What each worker of the gang holds: the Ray Train worker's resources, and the
-        bundle the runner packs when it decides what runs at once."""
-        gpus = {"GPU": self.gpus_per_worker} if self.use_gpu and self.gpus_per_worker > 0 else {}
-        return {"CPU": self.cpus_per_worker, **gpus}
-
-    @property
-    def dist_backend(self) -> str:
-        """The torch.distributed backend of the gang: NCCL on GPUs, gloo on CPUs."""
-        return "nccl" if self.use_gpu else "gloo"
-
-
 class CheckpointSpec(Spec):
     """How often a stage checkpoints, how many it keeps and how often it may be restarted."""
 
@@ -235,6 +225,7 @@ class TrainStageSpec(SweptStage):
                 f"({self.deepspeed.global_batch_size})"
             )
         problems += self._packing_problems()
+        problems += features_problems(self.data, self.trainable, self.init.plugins)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -270,7 +261,7 @@ class TrainStageSpec(SweptStage):
 
     def input_stages(self) -> list[str]:
         """Stages whose artifacts this stage reads."""
-        return self.init.stage_refs()
+        return self.init.stage_refs() + referenced_stages((self.data.features or "",))
 
 
 class MergeSpec(Spec):
@@ -334,12 +325,13 @@ def _stage_kind(value: Any) -> str | None:
     return getattr(value, "kind", None)
 
 
-AnyStageSpec = TrainStageSpec | MergeStageSpec | EvalStageSpec
+AnyStageSpec = TrainStageSpec | MergeStageSpec | EvalStageSpec | PrecomputeStageSpec
 
 StageSpec = Annotated[
     Annotated[TrainStageSpec, Tag(TRAIN_KIND)]
     | Annotated[MergeStageSpec, Tag(MERGE_KIND)]
-    | Annotated[EvalStageSpec, Tag(EVAL_KIND)],
+    | Annotated[EvalStageSpec, Tag(EVAL_KIND)]
+    | Annotated[PrecomputeStageSpec, Tag(PRECOMPUTE_KIND)],
     Discriminator(_stage_kind),
 ]
 
@@ -365,6 +357,7 @@ class RecipeSpec(Spec):
                     problems.append(
                         f"stages.{name}: reads stage:{ref} but does not list it in needs"
                     )
+        problems += feature_ref_problems(self.stages)
         if not problems:
             cycle = find_cycle({n: list(s.needs) for n, s in self.stages.items()})
             if cycle:

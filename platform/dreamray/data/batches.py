@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from dreamray.config.specs import TrainStageSpec
 from dreamray.data.collate import CollateSpec, collate
+from dreamray.data.features import FeatureInfo
 from dreamray.data.packing import pack_rows, stage_pack_length
 from dreamray.data.progress import BatchInfo, DataProgress
 from dreamray.data.sequence import load_stage_tokenizer
@@ -43,8 +44,9 @@ def make_collate_spec(stage: TrainStageSpec, tokenizer_dir: str) -> CollateSpec:
         tokenizer_dir: the stage's tokenizer dir (the one its datasets were built with).
 
     Returns:
-        Pad id, image shapes, the CLIP processor's rescale / normalisation and the packing
-        row length (`data.packing`).
+        Pad id, image shapes, the CLIP processor's rescale / normalisation, the packing
+        row length (`data.packing`) and the precomputed features' layout (`data.features`,
+        already resolved to the precompute artifact's dir).
 
     Raises:
         PackingLayoutError: packing with a `model.max_length` that cannot hold one image.
@@ -54,9 +56,10 @@ def make_collate_spec(stage: TrainStageSpec, tokenizer_dir: str) -> CollateSpec:
     tokenizer = load_stage_tokenizer(tokenizer_dir)
     transforms = ImageTransforms(stage.model.vision_path, stage.model.diffusion_path, False, 0)
     rescale, mean, std = transforms.clip_normalization()
+    features = None if stage.data.features is None else FeatureInfo.load(stage.data.features)
     return CollateSpec(
         tokenizer.pad_token_id, transforms.clip_shape, transforms.sd_size, rescale, mean, std,
-        pack_length=stage_pack_length(stage),
+        pack_length=stage_pack_length(stage), features=features,
     )
 
 

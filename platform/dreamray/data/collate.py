@@ -7,6 +7,11 @@ i-th IMG (DRM) block of the flattened batch owns the i-th CLIP (SD) image. No im
 [0, 3, H, W]. This module imports neither Ray nor DeepSpeed (checked by
 tests/unit/test_boundaries.py).
 
+Precomputed features (`CollateSpec.features` set, a stage with `data.features`): the records'
+payloads are the towers' outputs (`dreamray.data.features`), and the batch holds
+``clip_features [N_img, P, C]`` and ``sd_latent_moments [N_dm, 2c, h, w]`` in their stored
+dtype instead of the two pixel tensors.
+
 Packing (`CollateSpec.pack_length` set, from `data.packing`): the same samples share rows of at
 most that many tokens (`dreamray.data.packing`), and the batch gains ``position_ids [R, W]``,
 restarting at 0 for every sample, which is how the model tells the samples of a row apart.
@@ -23,11 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from dreamray.data.features import FeatureInfo
 from dreamray.data.packing import pack_rows, packed_positions
 from dreamray.model.tokens import IGNORE_INDEX
 
 BATCH_KEYS = ("input_ids", "attention_mask", "labels", "clip_pixel_values", "sd_pixel_values")
 POSITION_IDS = "position_ids"  # only in a packed batch
+# only in a batch of precomputed features (`data.features`), in place of the pixel values
+CLIP_FEATURES = "clip_features"
+SD_MOMENTS = "sd_latent_moments"
+FEATURE_KEYS = (CLIP_FEATURES, SD_MOMENTS)
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,8 @@ class CollateSpec:
     clip_mean: tuple[float, ...]  # its image_mean
     clip_std: tuple[float, ...]  # its image_std
     pack_length: int | None = None  # rows of at most this many tokens; None: one sample a row
+    # a stage on precomputed features: the records' payloads are its features, not pixels
+    features: FeatureInfo | None = None
 
 
 def _images(records: Sequence[Mapping[str, Any]], key: str, count: str, shape, dtype):
@@ -93,23 +105,53 @@ def collate(
         rows = pack_rows([len(x) for x in ids], spec.pack_length)
     tokens = _token_tensors(ids, labels, rows, spec)
     ordered = [records[i] for row in rows for i in row]  # the blocks' row-major order
-    sd_shape = (3, spec.sd_size, spec.sd_size)
-    sd = _images(ordered, "sd_pixels", "n_sd", sd_shape, np.uint8)
-    clip = _images(ordered, "clip_pixels", "n_clip", spec.clip_shape, np.uint8)
-    mean = torch.tensor(spec.clip_mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(spec.clip_std, dtype=torch.float32).view(1, 3, 1, 1)
     position_ids = tokens.pop(POSITION_IDS, None)
-    batch = {
-        **tokens,
-        # the CLIP processor's rescale + normalise, on the uint8 it resized and cropped (in
-        # place: the same float32 operations in the same order, without three temporaries)
-        "clip_pixel_values": clip.to(torch.float32).mul_(spec.clip_rescale).sub_(mean).div_(std),
-        # uint8 -> [-1, 1]: the last step of the SD transform (ToTensor + Normalize(0.5, 0.5))
-        "sd_pixel_values": sd.to(torch.float32).div_(127.5).sub_(1.0),
-    }
+    batch = {**tokens, **(_pixels(ordered, spec) if spec.features is None
+                          else _features(ordered, spec.features))}
     if position_ids is not None:
         batch[POSITION_IDS] = position_ids
     return batch
+
+
+def normalize_clip(pixels: torch.Tensor, rescale: float, mean, std) -> torch.Tensor:
+    """The CLIP processor's rescale + normalise, on the uint8 it resized and cropped (in place
+    on a float32 copy: the same float32 operations in the same order, without three
+    temporaries).
+
+    Args:
+        pixels: uint8 ``[N, 3, H, W]``.
+        rescale, mean, std: `ImageTransforms.clip_normalization`.
+
+    Returns:
+        float32 ``[N, 3, H, W]``.
+    """
+    mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return pixels.to(torch.float32).mul_(rescale).sub_(mean).div_(std)
+
+
+def normalize_sd(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 -> [-1, 1]: the last step of the SD transform (ToTensor + Normalize(0.5, 0.5))."""
+    return pixels.to(torch.float32).div_(127.5).sub_(1.0)
+
+
+def _pixels(ordered, spec: CollateSpec) -> dict[str, torch.Tensor]:
+    sd_shape = (3, spec.sd_size, spec.sd_size)
+    sd = _images(ordered, "sd_pixels", "n_sd", sd_shape, np.uint8)
+    clip = _images(ordered, "clip_pixels", "n_clip", spec.clip_shape, np.uint8)
+    return {
+        "clip_pixel_values": normalize_clip(clip, spec.clip_rescale, spec.clip_mean,
+                                            spec.clip_std),
+        "sd_pixel_values": normalize_sd(sd),
+    }
+
+
+def _features(ordered, info: FeatureInfo) -> dict[str, torch.Tensor]:
+    dtype = np.dtype(info.dtype)
+    return {
+        CLIP_FEATURES: _images(ordered, "clip_pixels", "n_clip", info.clip_shape, dtype),
+        SD_MOMENTS: _images(ordered, "sd_pixels", "n_sd", info.moments_shape, dtype),
+    }
 
 
 def _token_tensors(ids, labels, rows: list[list[int]], spec: CollateSpec) -> dict:

@@ -168,10 +168,17 @@ class SourceIndex:
         Returns:
             The file path and the row's index in the file.
         """
+        return f"{self.files[self.group_file[group]]} row {self.file_row(group, row)}"
+
+    def file_row(self, group: int, row: int) -> int:
+        """The index in its shard file of row `row` of row group `group`."""
         same_file = self.group_file == self.group_file[group]
         before = same_file & (self.group_index < self.group_index[group])
-        first_row = int(self.group_rows[before].sum())
-        return f"{self.files[self.group_file[group]]} row {first_row + row}"
+        return int(self.group_rows[before].sum()) + row
+
+    def file_rows(self) -> list[int]:
+        """Rows in each shard file, in `files` order."""
+        return [int(self.group_rows[self.group_file == i].sum()) for i in range(len(self.files))]
 
 
 def shard_files(path: str | Path) -> list[str]:

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dreamray.config.specs import DataSpec, TrainStageSpec
+from dreamray.data.features import StageFeatures
 from dreamray.data.mixing import (
     REQUIRED_COLUMNS,
     DrawCounter,
@@ -73,6 +74,7 @@ MAP_ACTOR_CPUS = 1.0
 # next poll, and the task's CPU sits idle until then.
 CHUNKS_QUEUED_PER_ACTOR = 2
 _ROW_GROUP_CACHE = 4  # row groups kept per process: consecutive chunks reuse the same groups
+FEATURE_ROW = "_features"  # a planned row's precomputed features (`StagePlan.rows`)
 
 
 def stage_fingerprint(data: DataSpec, sources: list[SourceIndex] | None = None) -> str:
@@ -154,8 +156,13 @@ class StagePlan:
         self.chunk_size = chunk_size
         self.schedule = MixSchedule([s.weight for s in data.sources], data.seed)
         self.counter = DrawCounter(self.schedule, self.stop)
-        # on the driver, before any actor starts: a packing length too short is a config error
+        # on the driver, before any actor starts: a packing length too short is a config error,
+        # a missing or stale feature shard is refused
         stage_pack_length(stage)
+        self.features = None
+        if data.features is not None:
+            self.features = StageFeatures(data.features, model,
+                                          list(zip(sources, data.sources, strict=True)))
 
     @property
     def num_chunks(self) -> int:
@@ -169,7 +176,8 @@ class StagePlan:
 
     def rows(self, chunk: int) -> list[tuple[int, str, dict, str]]:
         """(position, source name, unified row, origin) of every not-yet-consumed position of a
-        chunk; origin is ``"<shard file> row <n>"``.
+        chunk; origin is ``"<shard file> row <n>"``. On precomputed features, each row carries
+        its feature row under FEATURE_ROW.
 
         Args:
             chunk: chunk number (0 = the resume point).
@@ -186,9 +194,12 @@ class StagePlan:
                 continue
             groups, offsets = locate_draws(index, draws[where], self.seed)
             for i, g, r in zip(where, groups, offsets, strict=True):
-                table = _read_group(index.files[index.group_file[g]], int(index.group_index[g]))
-                rows[i] = (lo + int(i), index.name, table.slice(int(r), 1).to_pylist()[0],
-                           index.origin(int(g), int(r)))
+                shard = index.files[index.group_file[g]]
+                row = _read_group(shard, int(index.group_index[g])).slice(int(r), 1).to_pylist()[0]
+                if self.features is not None:
+                    row[FEATURE_ROW] = self.features.row(
+                        index.name, shard, index.file_row(int(g), int(r)), row["id"])
+                rows[i] = (lo + int(i), index.name, row, index.origin(int(g), int(r)))
         return [row for row in rows if row is not None and row[0] not in self.done]
 
 
@@ -219,7 +230,7 @@ def _read_group(path: str, group: int) -> pa.Table:
 
 def build_record(
     builder: SequenceBuilder, transforms: Any, position: int, source: str, row: dict,
-    origin: str = "",
+    origin: str = "", features: StageFeatures | None = None,
 ) -> dict[str, Any]:
     """One unified row -> a record (a skipped record when it cannot be trained on).
 
@@ -230,6 +241,8 @@ def build_record(
         source: the source name.
         row: the unified row.
         origin: where the row is (`SourceIndex.origin`), kept on a skipped record.
+        features: on precomputed features: the stage's features; the record's payloads are
+            then the row's features (FEATURE_ROW) rather than pixels.
 
     Returns:
         A record (`dreamray.data.records`).
@@ -239,9 +252,12 @@ def build_record(
     except SkipSample as skip:
         return skipped_record(position, row["id"], source, skip.reason, origin)
     try:
-        clip, sd = transforms.sample_pixels(
-            row["id"], row["images"], built.clip_images, built.sd_images
-        )
+        if features is not None:
+            clip, sd = features.select(row[FEATURE_ROW], built.clip_images, built.sd_images)
+        else:
+            clip, sd = transforms.sample_pixels(
+                row["id"], row["images"], built.clip_images, built.sd_images
+            )
     except Exception:  # noqa: BLE001 - PIL signals bad bytes with a zoo of exception types
         return skipped_record(position, row["id"], source, SKIP_IMAGE, origin)
     return make_record(
@@ -270,7 +286,8 @@ class ChunkBuilder:
             A table in `records.RECORD_SCHEMA`, positions in increasing order.
         """
         records = [
-            build_record(self.builder, self.transforms, position, source, row, origin)
+            build_record(self.builder, self.transforms, position, source, row, origin,
+                         self.plan.features)
             for chunk in batch["id"]
             for position, source, row, origin in self.plan.rows(int(chunk))
         ]

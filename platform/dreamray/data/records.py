@@ -10,8 +10,11 @@ side). Fields (RECORD_SCHEMA):
     origin          str   where a skipped sample's row is (`<shard file> row <n>`); "" otherwise
     input_ids       bytes int32 [T]
     labels          bytes int32 [T]
-    clip_pixels     bytes uint8 [n_clip, 3, H, W] (CLIP processor resize + crop)
-    sd_pixels       bytes uint8 [n_sd, 3, R, R] (SD resize + crop + flip)
+    clip_pixels     bytes uint8 [n_clip, 3, H, W] (CLIP processor resize + crop); on
+                          precomputed features (`data.features`): the CLIP tower's
+                          [n_clip, P, C] in the features' dtype
+    sd_pixels       bytes uint8 [n_sd, 3, R, R] (SD resize + crop + flip); on features: the
+                          VAE posterior's [n_sd, 2c, h, w]
     n_clip, n_sd    int   image counts
     images_dropped  int   images that did not fit the length limit
     num_tokens      int   T
@@ -70,8 +73,8 @@ def make_record(
         sample_id: row id.
         source: source name.
         input_ids, labels: the built sequence.
-        clip: uint8 [n_clip, 3, H, W].
-        sd: uint8 [n_sd, 3, R, R].
+        clip: uint8 [n_clip, 3, H, W] (or its precomputed features).
+        sd: uint8 [n_sd, 3, R, R] (or its precomputed VAE moments).
         images_dropped: images cut by the length limit.
 
     Returns:
@@ -85,9 +88,9 @@ def make_record(
         "origin": "",
         "input_ids": np.ascontiguousarray(input_ids, dtype=np.int32),
         "labels": np.ascontiguousarray(labels, dtype=np.int32),
-        "clip_pixels": np.ascontiguousarray(clip, dtype=np.uint8),
+        "clip_pixels": np.ascontiguousarray(clip),
         "n_clip": int(clip.shape[0]),
-        "sd_pixels": np.ascontiguousarray(sd, dtype=np.uint8),
+        "sd_pixels": np.ascontiguousarray(sd),
         "n_sd": int(sd.shape[0]),
         "images_dropped": int(images_dropped),
         "num_tokens": len(input_ids),

@@ -14,6 +14,21 @@ from torch import nn
 from dreamray.model.plugins import Projector
 
 
+def vae_latent_moments(vae: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The VAE posterior's parameters of images in [-1, 1]: the head's encoder half (and what a
+    precompute stage runs, `dreamray.data.feature_compute`).
+
+    Args:
+        vae: a diffusers ``AutoencoderKL``.
+        pixel_values: ``[N, 3, R, R]``.
+
+    Returns:
+        ``[N, 2 * latent channels, h, w]``: mean, then log-variance, in the VAE's dtype.
+    """
+    vae_dtype = next(vae.parameters()).dtype
+    return vae.encode(pixel_values.to(vae_dtype)).latent_dist.parameters
+
+
 class StableDiffusionHead(nn.Module):
     """Condition projector -> UNet epsilon (or v) prediction on VAE latents."""
 
@@ -48,11 +63,33 @@ class StableDiffusionHead(nn.Module):
         return self.projector(hidden)
 
     @torch.no_grad()
+    def latent_moments(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] ``[N, 3, R, R]`` -> the VAE posterior's parameters
+        ``[N, 2 * latent channels, h, w]`` (mean, then log-variance): what a precompute stage
+        stores, so that the latent is still drawn anew at every step."""
+        return vae_latent_moments(self.vae, pixel_values)
+
+    def sample_latents(self, moments: torch.Tensor) -> torch.Tensor:
+        """Posterior parameters (`latent_moments`) -> scaled latents, a fresh sample (torch's
+        global RNG, as the VAE's own posterior draws it)."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        vae_dtype = next(self.vae.parameters()).dtype
+        dist = DiagonalGaussianDistribution(moments.to(vae_dtype))
+        # contiguous: the VAE may hand back channels-last moments, and `randn_like` on latents
+        # of another layout would draw the same numbers into other elements (precomputed
+        # moments are stored contiguous)
+        return (dist.sample() * self.vae.config.scaling_factor).contiguous()
+
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] ``[N, 3, R, R]`` -> scaled latents (a sample of the posterior)."""
-        vae_dtype = next(self.vae.parameters()).dtype
-        dist = self.vae.encode(pixel_values.to(vae_dtype)).latent_dist
-        return dist.sample() * self.vae.config.scaling_factor
+        return self.sample_latents(self.latent_moments(pixel_values))
+
+    @property
+    def moments_shape(self) -> tuple[int, int, int]:
+        """``(2 * latent channels, h, w)``: one image's `latent_moments`."""
+        side = int(self.unet.config.sample_size)
+        return 2 * int(self.vae.config.latent_channels), side, side
 
     def denoise(
         self, noisy: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor
@@ -74,19 +111,27 @@ class StableDiffusionHead(nn.Module):
         return out.sample
 
     def per_image_loss(
-        self, hidden: torch.Tensor, pixel_values: torch.Tensor, snr_gamma: float | None
+        self,
+        hidden: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        snr_gamma: float | None,
+        moments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The denoising loss of each diffusion target (the loop decides how they are averaged).
 
         Args:
             hidden: LLM hidden states at the dream positions, ``[N, Q, D]``.
-            pixel_values: the target images in [-1, 1], ``[N, 3, R, R]``.
+            pixel_values: the target images in [-1, 1], ``[N, 3, R, R]``; None with `moments`.
             snr_gamma: min-SNR-gamma weighting; None for the plain MSE (the reference default).
+            moments: the targets' precomputed `latent_moments` instead of pixels (the VAE
+                encoder does not run; the latent is sampled from them the same way).
 
         Returns:
             ``[N]``: MSE(pred, target) per image (times its min-SNR weight when that is on).
         """
-        latents = self.encode(pixel_values).float()
+        if moments is None:
+            moments = self.latent_moments(pixel_values)
+        latents = self.sample_latents(moments).float()
         noise, steps = self.draw_noise(latents)
         noisy = self.scheduler.add_noise(latents, noise, steps)
         target = self._target(latents, noise, steps)
@@ -131,3 +176,8 @@ class StableDiffusionHead(nn.Module):
     def dummy_input(self, device: torch.device) -> torch.Tensor:
         """One zero SD-sized image, for the zero-weighted pass of a batch without targets."""
         return torch.zeros(1, 3, self.resolution, self.resolution, device=device)
+
+    def dummy_moments(self, device: torch.device) -> torch.Tensor:
+        """Zero posterior parameters of one image: the zero-weighted pass on precomputed
+        latents."""
+        return torch.zeros(1, *self.moments_shape, device=device)

@@ -142,6 +142,7 @@ class DreamLLM(nn.Module):
         clip_pixel_values: torch.Tensor | None,
         allow_open_tail: bool = False,
         every_tower: bool = False,
+        clip_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Token embeddings with CLIP features in the IMG slots and the queries in the DRM slots.
 
@@ -155,6 +156,8 @@ class DreamLLM(nn.Module):
             clip_pixel_values: ``[N_img, 3, H, W]`` in block order, or None when there are none.
             allow_open_tail: tolerate a block cut off by the sequence end (generation).
             every_tower: run both plugins even without blocks (the training forward).
+            clip_features: ``[N_img, P, C]`` precomputed tower features
+                (`CLIPVisionEmbedding.tower_features`) instead of `clip_pixel_values`.
 
         Returns:
             ``inputs_embeds [B, L, D]``.
@@ -166,12 +169,15 @@ class DreamLLM(nn.Module):
         dreams = self.dream_blocks(input_ids, allow_open_tail)
         if not allow_open_tail:
             blk.check_patch_count(input_ids, self.token_ids.im_patch, [images, dreams])
-        num_images = 0 if clip_pixel_values is None else clip_pixel_values.shape[0]
-        blk.check_image_count(images, num_images, input_ids.shape[0], "clip_pixel_values")
+        given, name = _images_given(clip_pixel_values, clip_features, "clip")
+        num_images = 0 if given is None else given.shape[0]
+        blk.check_image_count(images, num_images, input_ids.shape[0], name)
         vision = self.clip_vision_embedding
         features = queries = None
         if num_images:
-            features = vision(clip_pixel_values)
+            features = vision(clip_pixel_values, clip_features)
+        elif every_tower and clip_features is not None:
+            features = vision(None, vision.dummy_features(input_ids.device))
         elif every_tower:
             features = vision(vision.dummy_input(input_ids.device))
         if len(dreams) or every_tower:
@@ -246,6 +252,8 @@ class DreamLLM(nn.Module):
         lm_weight: float,
         vm_weight: float,
         position_ids: torch.Tensor | None = None,
+        clip_features: torch.Tensor | None = None,
+        sd_latent_moments: torch.Tensor | None = None,
     ) -> DreamLLMOutput:
         """One training forward over the batch contract.
 
@@ -261,6 +269,10 @@ class DreamLLM(nn.Module):
             lm_weight, vm_weight: loss = lm_weight * lm_loss + vm_weight * vm_loss.
             position_ids: ``[B, L]`` of a packed batch (`dreamray.data.packing`): each sample's
                 positions restart at 0, and no token attends across a sample. None: unpacked.
+            clip_features: precomputed CLIP tower features ``[N_img, P, C]`` instead of
+                `clip_pixel_values` (a train stage with `data.features`).
+            sd_latent_moments: precomputed VAE posterior parameters ``[N_dm, 2c, h, w]``
+                instead of `sd_pixel_values`.
 
         Returns:
             The batch-mean losses, the sums they divide and the counts.
@@ -270,22 +282,25 @@ class DreamLLM(nn.Module):
             ValueError: a packed batch for an LLM attention that cannot keep samples apart.
         """
         dreams = self.dream_blocks(input_ids)
-        num_dreams = 0 if sd_pixel_values is None else sd_pixel_values.shape[0]
-        blk.check_image_count(dreams, num_dreams, input_ids.shape[0], "sd_pixel_values")
-        embeds = self.embed(input_ids, clip_pixel_values, every_tower=True)
+        targets, name = _images_given(sd_pixel_values, sd_latent_moments, "sd")
+        num_dreams = 0 if targets is None else targets.shape[0]
+        blk.check_image_count(dreams, num_dreams, input_ids.shape[0], name)
+        embeds = self.embed(input_ids, clip_pixel_values, every_tower=True,
+                            clip_features=clip_features)
         if position_ids is None:
             out, hidden = self.run_llm(embeds, attention_mask)
             logits = out.logits
         else:
             logits, hidden = run_packed_llm(self, embeds, position_ids)
         lm_sum, num_tokens = lm_loss_sum(logits, labels)
-        vm_sum = self._vm_loss_sum(hidden, dreams, sd_pixel_values)
+        vm_sum = self._vm_loss_sum(hidden, dreams, sd_pixel_values, sd_latent_moments)
         lm, vm = lm_sum / num_tokens.clamp(min=1), vm_sum / max(num_dreams, 1)
         loss = lm_weight * lm + vm_weight * vm
-        num_images = 0 if clip_pixel_values is None else clip_pixel_values.shape[0]
+        given, _ = _images_given(clip_pixel_values, clip_features, "clip")
+        num_images = 0 if given is None else given.shape[0]
         return DreamLLMOutput(loss, lm, vm, lm_sum, vm_sum, num_tokens, num_images, num_dreams)
 
-    def _vm_loss_sum(self, hidden, dreams: blk.Blocks, sd_pixel_values) -> torch.Tensor:
+    def _vm_loss_sum(self, hidden, dreams: blk.Blocks, sd_pixel_values, moments) -> torch.Tensor:
         """The diffusion loss summed over the dream images; without dream blocks, the same
         modules in the same order, times 0.
 
@@ -297,6 +312,9 @@ class DreamLLM(nn.Module):
         cfg = self.dreamllm_config
         if len(dreams):
             cond, pixels, weight = self.dream_hidden(hidden, dreams), sd_pixel_values, 1.0
+        elif moments is not None:
+            cond, pixels, weight = hidden[:1, : self.num_queries], None, 0.0
+            moments = head.dummy_moments(hidden.device)
         else:
             cond = hidden[:1, : self.num_queries]
             pixels, weight = head.dummy_input(hidden.device), 0.0
@@ -304,7 +322,7 @@ class DreamLLM(nn.Module):
             drop = torch.rand(cond.shape[0], device=cond.device) < cfg.condition_dropout
             uncond = self.unconditional_hidden().to(cond.dtype)[:, : cond.shape[1]]
             cond = torch.where(drop[:, None, None], uncond, cond)
-        return weight * head.per_image_loss(cond, pixels, cfg.snr_gamma).sum()
+        return weight * head.per_image_loss(cond, pixels, cfg.snr_gamma, moments).sum()
 
     def frozen_towers(self) -> tuple[nn.Module, ...]:
         """CLIP, VAE and UNet: the towers that never train."""
@@ -374,3 +392,15 @@ def _splice_or_touch(
     if len(blocks):
         return blk.splice(embeds, blocks, values)
     return embeds + 0.0 * values.sum().to(embeds.dtype)
+
+
+def _images_given(
+    pixels: torch.Tensor | None, precomputed: torch.Tensor | None, tower: str
+) -> tuple[torch.Tensor | None, str]:
+    """The images of one tower as given (pixels, or precomputed features; never both), and
+    the batch key they came under (for count errors)."""
+    if pixels is not None and precomputed is not None:
+        raise ValueError(f"{tower}: both pixel values and precomputed features were given")
+    if precomputed is not None:
+        return precomputed, "clip_features" if tower == "clip" else "sd_latent_moments"
+    return pixels, f"{tower}_pixel_values"

@@ -56,6 +56,25 @@ class Projector(nn.Module):
         return next(self.parameters()).dtype
 
 
+def clip_patch_features(
+    clip_vision_model: nn.Module, pixel_values: torch.Tensor, select_layer: int
+) -> torch.Tensor:
+    """One CLIP layer's patch features: the tower's part of `CLIPVisionEmbedding` (and what a
+    precompute stage runs, `dreamray.data.feature_compute`).
+
+    Args:
+        clip_vision_model: an HF ``CLIPVisionModel``.
+        pixel_values: ``[N, 3, H, W]`` CLIP-normalised images.
+        select_layer: the ``hidden_states`` entry (-2: the penultimate layer).
+
+    Returns:
+        ``[N, num_patches, hidden]`` in the tower's dtype, CLS dropped.
+    """
+    tower_dtype = next(clip_vision_model.parameters()).dtype
+    out = clip_vision_model(pixel_values=pixel_values.to(tower_dtype), output_hidden_states=True)
+    return out.hidden_states[select_layer][:, 1:]
+
+
 class CLIPVisionEmbedding(nn.Module):
     """Frozen CLIP vision tower + projector: images -> one LLM embedding per patch."""
 
@@ -85,24 +104,48 @@ class CLIPVisionEmbedding(nn.Module):
         """The square input side the tower expects."""
         return int(self.clip_vision_model.config.image_size)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Project the selected layer's patch features.
+    @property
+    def feature_shape(self) -> tuple[int, int]:
+        """``(num_patches, clip hidden size)``: one image's `tower_features`."""
+        return self.num_patches, int(self.clip_vision_model.config.hidden_size)
+
+    def tower_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The frozen tower's output that the projector reads (what a precompute stage stores).
 
         Args:
             pixel_values: ``[N, 3, H, W]`` CLIP-normalised images.
 
         Returns:
+            ``[N, num_patches, clip hidden]``: the selected layer's patch features (CLS
+            dropped), in the tower's dtype. Not under no_grad: a stage may train the tower
+            (the `vision_encoder` group).
+        """
+        return clip_patch_features(self.clip_vision_model, pixel_values, self.select_layer)
+
+    def forward(
+        self, pixel_values: torch.Tensor | None, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Project the selected layer's patch features, from pixels or precomputed.
+
+        Args:
+            pixel_values: ``[N, 3, H, W]`` CLIP-normalised images; None when `features` is given.
+            features: ``[N, num_patches, clip hidden]`` from `tower_features` (a precompute
+                stage's feature shards): the tower does not run.
+
+        Returns:
             ``[N, num_patches, llm_dim]`` features (CLS dropped).
         """
-        tower_dtype = next(self.clip_vision_model.parameters()).dtype
-        out = self.clip_vision_model(
-            pixel_values=pixel_values.to(tower_dtype), output_hidden_states=True
-        )
-        return self.projector(out.hidden_states[self.select_layer][:, 1:])
+        if features is None:
+            features = self.tower_features(pixel_values)
+        return self.projector(features)
 
     def dummy_input(self, device: torch.device) -> torch.Tensor:
         """One zero image, for the zero-weighted pass of a batch without images."""
         return torch.zeros(1, 3, self.image_size, self.image_size, device=device)
+
+    def dummy_features(self, device: torch.device) -> torch.Tensor:
+        """Zero tower features of one image: the zero-weighted pass on precomputed features."""
+        return torch.zeros(1, *self.feature_shape, device=device)
 
 
 class DreamEmbedding(nn.Module):

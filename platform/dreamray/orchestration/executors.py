@@ -17,7 +17,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dreamray.config.specs import AnyStageSpec, EvalStageSpec, TrainStageSpec
-from dreamray.contracts import BASE_SOURCE, CONFIG_FILE, EVAL_KIND, MERGE_KIND, TRAIN_KIND, StageRef
+from dreamray.contracts import (
+    BASE_SOURCE,
+    CONFIG_FILE,
+    EVAL_KIND,
+    MERGE_KIND,
+    PRECOMPUTE_KIND,
+    TRAIN_KIND,
+    StageRef,
+)
 from dreamray.orchestration.context import Executor, StageContext, StageOutcome
 from dreamray.orchestration.manifest import ManifestRecord, build_manifest, write_manifest
 from dreamray.orchestration.merge import run_merge_stage
@@ -180,4 +188,7 @@ def base_model_artifact(stage: EvalStageSpec, out_dir: Path) -> Path:
 
 def default_executors() -> Mapping[str, Executor]:
     """Stage kind -> executor, as used by `pipelines/full_recipe.py`."""
-    return {TRAIN_KIND: run_train, MERGE_KIND: run_merge_stage, EVAL_KIND: run_eval}
+    from dreamray.orchestration.precompute import run_precompute_stage
+
+    return {TRAIN_KIND: run_train, MERGE_KIND: run_merge_stage, EVAL_KIND: run_eval,
+            PRECOMPUTE_KIND: run_precompute_stage}

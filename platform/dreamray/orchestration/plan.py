@@ -93,9 +93,17 @@ def describe_stage(name: str, recipe: RecipeSpec) -> list[str]:
     stage = recipe.stages[name]
     head = f"{name} [{stage.kind}]" + (f" needs {stage.needs}" if stage.needs else "")
     if isinstance(stage, TrainStageSpec):
-        return [head, *_describe_train(stage)]
+        features = [f"  features: {stage.data.features}"] if stage.data.features else []
+        return [head, *_describe_train(stage), *features]
     if stage.kind == "merge":
         return [head, *(f"  {k} <- {v}" for k, v in stage.merge.model_dump().items())]
+    if stage.kind == "precompute":
+        pre = stage.precompute
+        sources = ", ".join(f"{src.name} ({src.path})" for src in pre.sources)
+        return [head, f"  CLIP layer {pre.vision_select_layer} of {pre.vision_path}, VAE of "
+                f"{pre.diffusion_path}, stored {pre.dtype}",
+                f"  sources: {sources}",
+                f"  resources: {_resources(stage.scaling, 'actors')}"]
     return [head, *_describe_eval(stage)]
 
 

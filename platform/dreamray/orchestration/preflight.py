@@ -45,16 +45,38 @@ def _init_dirs(stage: TrainStageSpec, inputs: Mapping[str, str]) -> tuple[dict, 
 
 
 def resolve_init(stage: TrainStageSpec, inputs: Mapping[str, str]) -> TrainStageSpec:
-    """The stage with its `stage:<name>` inits replaced by the inputs' artifact dirs.
+    """The stage with its `stage:<name>` inits and `data.features` replaced by the inputs'
+    artifact dirs.
 
     Raises:
         StageCheckError: on an init reference without an input.
     """
     resolved, problems = _init_dirs(stage, inputs)
+    features, feature_problems = _features_dir(stage, inputs)
+    problems += feature_problems
     if problems:
         raise StageCheckError(problems)
     init = stage.init.model_copy(update=resolved)
-    return stage.model_copy(update={"init": init})
+    data = stage.data.model_copy(update={"features": features})
+    return stage.model_copy(update={"init": init, "data": data})
+
+
+def _features_dir(stage: TrainStageSpec, inputs: Mapping[str, str]) -> tuple[str | None, list]:
+    """`data.features` as the precompute artifact's dir, and what is wrong with it."""
+    from dreamray.data.features import INFO_FILE
+
+    source = stage.data.features
+    if source is None:
+        return None, []
+    ref = StageRef.parse(source)
+    if ref is not None:
+        if ref.name not in inputs:
+            return None, [f"data.features: {source} has no input artifact (inputs: "
+                          f"{sorted(inputs)})"]
+        source = inputs[ref.name]
+    if not (Path(source) / INFO_FILE).is_file():
+        return None, [f"data.features: {source} is not a precompute artifact (no {INFO_FILE})"]
+    return source, []
 
 
 def _data_problems(stage: TrainStageSpec) -> list[str]:
@@ -96,6 +118,7 @@ def check_train_stage(stage: TrainStageSpec, inputs: Mapping[str, str]) -> None:
             groups.
     """
     resolved, problems = _init_dirs(stage, inputs)
+    problems += _features_dir(stage, inputs)[1]
     problems += _data_problems(stage)
     llm_dir = resolved.get("llm", stage.model.llm_path)
     if Path(llm_dir).is_dir():

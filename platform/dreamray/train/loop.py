@@ -32,7 +32,13 @@ import torch
 import torch.distributed as dist
 
 from dreamray.config.specs import LossNormalization
-from dreamray.data.collate import POSITION_IDS, count_samples
+from dreamray.data.collate import (
+    CLIP_FEATURES,
+    FEATURE_KEYS,
+    POSITION_IDS,
+    SD_MOMENTS,
+    count_samples,
+)
 from dreamray.model.losses import supervised_token_count
 from dreamray.train.state import TrainState
 
@@ -145,7 +151,10 @@ def to_device(batch: Mapping[str, Any], device: torch.device, dtype: torch.dtype
         dtype: the compute dtype for floating inputs.
 
     Returns:
-        A dict with exactly `BATCH_KEYS`, plus ``position_ids`` for a packed batch.
+        A dict with exactly `BATCH_KEYS`, plus ``position_ids`` for a packed batch and the
+        precomputed ``clip_features`` / ``sd_latent_moments`` of a features batch. Those keep
+        their stored dtype (the model casts them where the tower's output would be cast) and
+        stay present when empty: they tell the model not to run the towers at all.
     """
     out = {}
     for key in BATCH_KEYS:
@@ -155,14 +164,20 @@ def to_device(batch: Mapping[str, Any], device: torch.device, dtype: torch.dtype
         else:
             value = value.to(device)
         out[key] = value
-    if batch.get(POSITION_IDS) is not None:
-        out[POSITION_IDS] = batch[POSITION_IDS].to(device)
+    for key in (POSITION_IDS, *FEATURE_KEYS):
+        if batch.get(key) is not None:
+            out[key] = batch[key].to(device)
     return out
 
 
 def _dream_count(batch: Mapping[str, Any]) -> int:
-    pixels = batch.get("sd_pixel_values")
-    return 0 if pixels is None else int(pixels.shape[0])
+    return int(sum(batch[k].shape[0] for k in ("sd_pixel_values", SD_MOMENTS)
+                   if batch.get(k) is not None))
+
+
+def _image_count(inputs: Mapping[str, Any]) -> int:
+    return int(sum(inputs[k].shape[0] for k in ("clip_pixel_values", CLIP_FEATURES)
+                   if inputs.get(k) is not None))
 
 
 def fetch_step(ctx: LoopContext, batches: Iterator) -> tuple[list[Mapping[str, Any]], StepCounts]:
@@ -225,7 +240,7 @@ def micro_step(
     out = ctx.engine(**inputs, lm_weight=ctx.lm_weight, vm_weight=ctx.vm_weight)
     loss, terms = _loss_terms(ctx, out, counts)
     finite = bool(torch.isfinite(loss).item())
-    images = 0 if inputs["clip_pixel_values"] is None else inputs["clip_pixel_values"].shape[0]
+    images = _image_count(inputs)
     logged = [float(t.item()) for t in terms] if finite else [0.0] * 3
     stats = torch.tensor(
         [*logged, 0.0 if finite else 1.0, float(inputs["attention_mask"].sum().item()),

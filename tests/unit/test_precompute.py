@@ -26,7 +26,6 @@ from dreamray.data.collate import CLIP_FEATURES, SD_MOMENTS
 from dreamray.data.feature_compute import TowerRunner, feature_info, make_feature_shard
 from dreamray.data.features import (
     FeatureKey,
-    StageFeatures,
     StaleFeaturesError,
     feature_path,
     read_key,
@@ -36,6 +35,7 @@ from dreamray.data.pipeline import ChunkBuilder, StagePlan, index_sources, stage
 from dreamray.data.progress import DataProgress
 from dreamray.data.schema import rows_to_table
 from dreamray.data.sequence import SKIP_IMAGE
+from dreamray.data.stage_features import StageFeatures
 from dreamray.orchestration.identity import precompute_content
 from dreamray.train.loop import to_device
 

@@ -41,7 +41,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dreamray.config.specs import DataSpec, TrainStageSpec
-from dreamray.data.features import StageFeatures
 from dreamray.data.mixing import (
     REQUIRED_COLUMNS,
     DrawCounter,
@@ -60,6 +59,7 @@ from dreamray.data.sequence import (
     SkipSample,
     load_stage_tokenizer,
 )
+from dreamray.data.stage_features import StageFeatures
 
 # Positions per map call: smaller chunks leave the map CPUs idle for longer between calls,
 # larger ones cost more CPU per sample (bigger blocks through the object store) and were slower

@@ -150,3 +150,27 @@ def gather(hidden: torch.Tensor, blocks: Blocks) -> torch.Tensor:
     """Read ``hidden [B, L, D]`` at the slots of the blocks: ``[N, length, D]``."""
     rows, cols = blocks.slots()
     return hidden[rows, cols]
+
+
+def images_given(
+    pixels: torch.Tensor | None, precomputed: torch.Tensor | None, tower: str
+) -> tuple[torch.Tensor | None, str]:
+    """The images of one tower as given to the forward: pixels, or precomputed features
+    (never both).
+
+    Args:
+        pixels: the tower's pixel values, or None.
+        precomputed: its precomputed features / moments, or None.
+        tower: ``clip`` or ``sd``.
+
+    Returns:
+        (the tensor given or None, the batch key it came under: for count errors).
+
+    Raises:
+        ValueError: both were given.
+    """
+    if pixels is not None and precomputed is not None:
+        raise ValueError(f"{tower}: both pixel values and precomputed features were given")
+    if precomputed is not None:
+        return precomputed, "clip_features" if tower == "clip" else "sd_latent_moments"
+    return pixels, f"{tower}_pixel_values"

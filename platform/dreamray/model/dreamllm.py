@@ -169,7 +169,7 @@ class DreamLLM(nn.Module):
         dreams = self.dream_blocks(input_ids, allow_open_tail)
         if not allow_open_tail:
             blk.check_patch_count(input_ids, self.token_ids.im_patch, [images, dreams])
-        given, name = _images_given(clip_pixel_values, clip_features, "clip")
+        given, name = blk.images_given(clip_pixel_values, clip_features, "clip")
         num_images = 0 if given is None else given.shape[0]
         blk.check_image_count(images, num_images, input_ids.shape[0], name)
         vision = self.clip_vision_embedding
@@ -282,7 +282,7 @@ class DreamLLM(nn.Module):
             ValueError: a packed batch for an LLM attention that cannot keep samples apart.
         """
         dreams = self.dream_blocks(input_ids)
-        targets, name = _images_given(sd_pixel_values, sd_latent_moments, "sd")
+        targets, name = blk.images_given(sd_pixel_values, sd_latent_moments, "sd")
         num_dreams = 0 if targets is None else targets.shape[0]
         blk.check_image_count(dreams, num_dreams, input_ids.shape[0], name)
         embeds = self.embed(input_ids, clip_pixel_values, every_tower=True,
@@ -296,7 +296,7 @@ class DreamLLM(nn.Module):
         vm_sum = self._vm_loss_sum(hidden, dreams, sd_pixel_values, sd_latent_moments)
         lm, vm = lm_sum / num_tokens.clamp(min=1), vm_sum / max(num_dreams, 1)
         loss = lm_weight * lm + vm_weight * vm
-        given, _ = _images_given(clip_pixel_values, clip_features, "clip")
+        given, _ = blk.images_given(clip_pixel_values, clip_features, "clip")
         num_images = 0 if given is None else given.shape[0]
         return DreamLLMOutput(loss, lm, vm, lm_sum, vm_sum, num_tokens, num_images, num_dreams)
 
@@ -393,14 +393,3 @@ def _splice_or_touch(
         return blk.splice(embeds, blocks, values)
     return embeds + 0.0 * values.sum().to(embeds.dtype)
 
-
-def _images_given(
-    pixels: torch.Tensor | None, precomputed: torch.Tensor | None, tower: str
-) -> tuple[torch.Tensor | None, str]:
-    """The images of one tower as given (pixels, or precomputed features; never both), and
-    the batch key they came under (for count errors)."""
-    if pixels is not None and precomputed is not None:
-        raise ValueError(f"{tower}: both pixel values and precomputed features were given")
-    if precomputed is not None:
-        return precomputed, "clip_features" if tower == "clip" else "sd_latent_moments"
-    return pixels, f"{tower}_pixel_values"

@@ -4,13 +4,11 @@ plan's map function is called in this process, and its records are fed to the ba
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from image_fixtures import random_png
 
 from dreamray.config.specs import TrainStageSpec
 from dreamray.data.batches import iter_train_batches, make_collate_spec
@@ -26,15 +24,9 @@ from dreamray.data.schema import rows_to_table
 BROKEN = (3, 7)  # row 7 is the 4th row of the file's second row group
 
 
-def _png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (12, 20, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "PNG")
-    return buf.getvalue()
-
-
 def _pair(i: int) -> dict:
-    image = _png(i)[:40] if i in BROKEN else _png(i)  # the header survives, the data does not
+    # a broken one keeps its header, not its data
+    image = random_png(i)[:40] if i in BROKEN else random_png(i)
     return {"id": f"pairs/0/{i}", "source": "pairs", "kind": "pair",
             "texts": [f"a photo number {i}"], "roles": [], "instruction": None,
             "images": [image], "image_after": [0], "image_sim": None}

@@ -7,7 +7,6 @@ MMC4-like documents of 1-3 images plus pairs, like test_bad_rows.py; no Ray.
 
 from __future__ import annotations
 
-import io
 import random
 from pathlib import Path
 
@@ -15,8 +14,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from image_fixtures import random_png
 from model_fixtures import built_model
-from PIL import Image
 from pydantic import ValidationError
 from step_grads import make_diffusion_deterministic
 
@@ -134,26 +133,20 @@ def test_unpacked_batch_has_no_position_ids():
 # -- the stage's data, packed and not ------------------------------------------------------------
 
 
-def _png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (12, 20, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "PNG")
-    return buf.getvalue()
-
-
 def _row(i: int) -> dict:
     """MMC4-like: documents of 1-3 images and long-tailed text, and some pairs."""
     rng = random.Random(i)
     if i % 4 == 3:
         return {"id": f"docs/0/{i}", "source": "docs", "kind": "pair",
                 "texts": [f"a photo number {i}"], "roles": [], "instruction": None,
-                "images": [_png(i)], "image_after": [0], "image_sim": None}
+                "images": [random_png(i)], "image_after": [0], "image_sim": None}
     n_text = rng.randint(1, 4)
     texts = [" ".join(f"word{rng.randint(0, 50)}" for _ in range(int(rng.paretovariate(1.2) * 3)))
              for _ in range(n_text)]
     n_img = rng.randint(1, 3)
     return {"id": f"docs/0/{i}", "source": "docs", "kind": "document", "texts": texts,
-            "roles": [], "instruction": None, "images": [_png(100 * i + k) for k in range(n_img)],
+            "roles": [], "instruction": None,
+            "images": [random_png(100 * i + k) for k in range(n_img)],
             "image_after": sorted(rng.randrange(n_text) for _ in range(n_img)), "image_sim": None}
 
 

@@ -7,7 +7,6 @@ compare the losses on the same batch under the same RNG (fp32, 1e-5).
 
 from __future__ import annotations
 
-import io
 import random
 import shutil
 
@@ -15,8 +14,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from image_fixtures import random_png
 from model_fixtures import built_model
-from PIL import Image
 from pydantic import ValidationError
 
 from dreamray.config.precompute_specs import PrecomputeSpec
@@ -44,17 +43,10 @@ MICRO = 2
 BAD_ROW = 5  # its only image is not an image
 
 
-def _png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (12, 20, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "PNG")
-    return buf.getvalue()
-
-
 def _row(i: int) -> dict:
     """Pairs (one image, one caption) and documents of 1-2 images; row BAD_ROW is unreadable."""
     if i % 3 == 0 or i == BAD_ROW:
-        image = b"not an image" if i == BAD_ROW else _png(i)
+        image = b"not an image" if i == BAD_ROW else random_png(i)
         return {"id": f"d/{i}", "source": "d", "kind": "pair", "texts": [f"a photo number {i}"],
                 "roles": [], "instruction": None, "images": [image], "image_after": [0],
                 "image_sim": None}
@@ -62,7 +54,7 @@ def _row(i: int) -> dict:
     n_img = rng.randint(1, 2)
     return {"id": f"d/{i}", "source": "d", "kind": "document",
             "texts": [f"word{rng.randint(0, 50)} text {i}", f"more words {i}"], "roles": [],
-            "instruction": None, "images": [_png(100 * i + k) for k in range(n_img)],
+            "instruction": None, "images": [random_png(100 * i + k) for k in range(n_img)],
             "image_after": sorted(rng.randrange(2) for _ in range(n_img)), "image_sim": None}
 
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from dreamray.config.base import Spec
+from dreamray.config.base import Spec, duplicate_names
 from dreamray.config.scaling import ScalingSpec
 from dreamray.contracts import BASE_SOURCE, PRECOMPUTE_KIND, StageRef
 
@@ -40,8 +40,7 @@ class PrecomputeSpec(Spec):
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> PrecomputeSpec:
-        names = [s.name for s in self.sources]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = duplicate_names(s.name for s in self.sources)
         if dupes:
             raise ValueError(f"duplicate source names: {dupes}")
         return self

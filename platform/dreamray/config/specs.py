@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from dreamray.config.base import Spec
+from dreamray.config.base import Spec, duplicate_names
 from dreamray.config.eval_specs import EvalSpec
 from dreamray.config.precompute_specs import (
     PrecomputeStageSpec,
@@ -103,8 +103,7 @@ class DataSpec(Spec):
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> DataSpec:
-        names = [s.name for s in self.sources]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = duplicate_names(s.name for s in self.sources)
         if dupes:
             raise ValueError(f"duplicate source names: {dupes}")
         return self

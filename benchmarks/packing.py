@@ -6,9 +6,11 @@ so that load drift hits both alike. A step is `--accum` micro-batches of `--micr
 by the real batcher (`dreamray.data.batches.iter_train_batches`): unpacked, each micro-batch is
 padded to its longest sample; packed (`data.packing: true`), the step's samples are packed into
 rows of at most max_length and the rows dealt to the step's micro-batches
-(`dreamray.data.packing`). The default step, 16 x 8 = 128 samples per rank, is half the real
-stage-II step on one rank (16 micro-batches of 16 on each of 8 GPUs); a second line gives the
-packed padding for other step sizes, from the same documents' lengths.
+(`dreamray.data.packing`). The default step is 16 x 8 = 128 samples per rank. What a rank packs
+in the real recipe depends on the GPU count: dreamllm_7b.yaml's global batch 2048 in
+micro-batches of 16 is 16 samples per rank on its 128 GPUs (accumulation 1), 256 on 8 GPUs
+(accumulation 16). A second line gives the packed padding for those pool sizes, from the same
+documents' lengths.
 
 Samples: MMC4-like documents with the sequence builder's layout and truncation rules
 (``<s> text [DRM IMG] text ... </s>``: text may be cut, a block never is): 1-6 images per
@@ -64,7 +66,7 @@ REAL_QUERIES = 64
 REAL_PATCHES = 256  # CLIP ViT-L/14 at 224 px
 REAL_TEXT = 384  # median text tokens of a document at the real scale
 # accumulation steps of the padding-only line; 8 x 32 = 256 samples: the real step on one rank
-POOL_ACCUMS = (1, 4, 8, 16, 32)
+POOL_ACCUMS = (1, 2, 4, 8, 16, 32)
 LLM_ONLY = " (LLM only)"  # accumulation steps of the padding-only table
 MAX_IMAGES = 6
 

@@ -251,3 +251,13 @@ def test_features_must_name_a_precompute_stage(tmp_path):
                                         "features": "stage:other"}}
     with pytest.raises(ValidationError, match="stage 'other' is a train stage, not precompute"):
         RecipeSpec.model_validate(raw)
+
+
+def test_the_dry_run_describes_the_precompute_and_who_reads_it(tmp_path):
+    from dreamray.orchestration.plan import describe_stage
+
+    recipe = RecipeSpec.model_validate(_recipe(tmp_path, {}))
+    pre = "\n".join(describe_stage("features", recipe))
+    assert "features [precompute]" in pre and "laion (data/laion)" in pre
+    assert "1 actors x {CPU: 1, GPU: 0}" in pre
+    assert "features: stage:features" in "\n".join(describe_stage("stage1", recipe))

@@ -122,6 +122,9 @@ def test_killed_worker_resumes_to_the_planned_step(recipe, trained, monkeypatch)
     assert resumed[planned] == pytest.approx(reference[planned], rel=1e-6)
 
 
+# Two more fits (~100 s): the `faults` tier. The unit tier checks the same fallback in process
+# (test_train_inprocess.py::test_damaged_*).
+@pytest.mark.faults
 def test_damaged_final_checkpoint_falls_back_to_the_previous_one(recipe, trained):
     storage, outcomes = trained
     name = "stage1_comprehension"
@@ -147,9 +150,11 @@ def test_damaged_final_checkpoint_falls_back_to_the_previous_one(recipe, trained
     assert len(data.consumed) == data.counters.samples + data.counters.num_skipped
 
 
-# stage2 trains packed rows (tiny.yaml's data.packing): its re-run must continue exactly too.
-@pytest.mark.parametrize("name", ["stage1_comprehension",
-                                  pytest.param("stage2", marks=pytest.mark.slow)])
+# Two more fits per case (~115 s): the `faults` tier. The unit tier checks the same stop and
+# re-run in process (test_train_inprocess.py::test_a_preemption_request_*). stage2 trains packed
+# rows (tiny.yaml's data.packing): its re-run must continue exactly too.
+@pytest.mark.faults
+@pytest.mark.parametrize("name", ["stage1_comprehension", "stage2"])
 def test_a_preemption_request_stops_the_gang_at_a_step_and_the_rerun_finishes(recipe, trained,
                                                                               name):
     storage, outcomes = trained

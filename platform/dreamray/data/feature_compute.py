@@ -95,10 +95,11 @@ class TowerRunner:
         self.transforms = ImageTransforms(spec.vision_path, spec.diffusion_path, False, 0)
         self.towers_key, self.transform_key = expected_key_parts(
             spec.vision_path, spec.diffusion_path, spec.vision_select_layer, spec.dtype)
+        self._info = feature_info(spec)  # read once: every shard's table needs it
 
     def info(self) -> FeatureInfo:
         """The artifact's settings (`features.json`)."""
-        return feature_info(self.spec)
+        return self._info
 
     def key(self, shard: str) -> FeatureKey:
         """The key of this shard's features."""

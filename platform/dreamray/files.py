@@ -104,7 +104,7 @@ def staging_dir(final_dir: str | os.PathLike) -> Path:
 
 
 def publish_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Path:
-    """Move a finished staging directory to its final name.
+    """Move a finished staging directory (or file) to its final name.
 
     An existing `final_dir` (a stale output of the same identity) is first renamed aside, so
     there is no moment at which a reader finds `final_dir` half-written; it is deleted after
@@ -118,7 +118,10 @@ def publish_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Pat
         old = final.parent / f".old-{uuid.uuid4().hex[:8]}-{final.name}"
         os.replace(final, old)
         os.replace(tmp_dir, final)
-        shutil.rmtree(old)
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
     else:
         os.replace(tmp_dir, final)
     return final

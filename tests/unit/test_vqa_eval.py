@@ -116,6 +116,8 @@ def test_prompts_follow_the_reference_template():
     )
     bare = vqa_prompt("Q?", PRESETS["vizwiz_val"], num_patches=1)
     assert bare.endswith("USER: <im_start><im_patch><im_end>Q? ASSISTANT:")
+    turn = vqa_prompt("Q?", PRESETS["conversation"], num_patches=1)
+    assert turn == f"{SYSTEM} USER: <im_start><im_patch><im_end>\nQ? ASSISTANT:"
     check = answerable_check_prompt("Q?", num_patches=1)
     assert check.endswith("<im_end>Q?Is the answer can be known? ASSISTANT:")
 

@@ -24,6 +24,7 @@ from dreamray.data.world import (
     sample_scene,
     write_world_sources,
 )
+from dreamray.data.world.sources import DRAWN_OBJECTS
 from dreamray.data.world.text import PLACES, caption, questions
 from dreamray.evals.captions import build_coco_manifest
 from dreamray.evals.vqa_data import load_questions
@@ -108,6 +109,9 @@ def test_world_sources_convert_exactly_and_carry_scene_truth(tmp_path):
         ]
         assert images and {sha256(b) for b in images} == set(scenes), source
         assert all(o["color"] in PALETTE for objs in scenes.values() for o in objs)
+        counts = {len(objs) for objs in scenes.values()}
+        # what a stage may learn to draw is what the world zoo's UNet can draw: one object
+        assert counts == ({1, 2, 3} if source.startswith("llava") else {DRAWN_OBJECTS}), source
 
 
 def test_world_sources_are_reproducible_and_guarded(tmp_path):

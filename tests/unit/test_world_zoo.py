@@ -59,3 +59,41 @@ def test_report_rebuild_and_settings(world_zoo, tmp_path):
         WorldZooSettings(unet_steps=0)
     with pytest.raises(ValueError, match="image_size 48"):
         WorldZooSettings(image_size=48)
+
+
+def test_other_settings_rebuild_the_zoo_in_place(tmp_path):
+    """A zoo of other settings is replaced whole: model dirs, report file and stamp."""
+    from dataclasses import replace
+
+    build_world_zoo(tmp_path, FEW, seed=0, progress=False)
+    more = replace(FEW, unet_steps=FEW.unet_steps + 1)
+    build_world_zoo(tmp_path, more, seed=0, progress=False)
+    report = json.loads((tmp_path / REPORT_FILE).read_text())
+    assert report["unet"]["steps"] == more.unet_steps
+    assert json.loads((tmp_path / "zoo_stamp.json").read_text())["settings"]["unet_steps"] == (
+        more.unet_steps)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_llm_corpus_answers_from_the_caption_before_it():
+    """The LLM can only learn to read an image's tokens (or carry a prompt into the dream
+    queries) if its text makes it answer from context: every answer is in the line's caption."""
+    import random
+
+    from dreamray.data.world.scene import WorldSpec
+    from dreamray.data.world.text import DESCRIBE, questions
+    from dreamray.world_zoo.samples import ROLES, world_corpus, world_scenes
+
+    user, assistant = ROLES
+    scenes = world_scenes(WorldSpec(), 30, seed=3, max_objects=3)
+    lines = world_corpus(scenes, seed=0)
+    assert len(lines) == 3 * len(scenes)
+    for scene, line in zip(scenes, lines[2::3], strict=True):
+        context, _, turns = line.partition("\n")
+        assert context.startswith(f"{user} ") and DESCRIBE in turns
+        for qa in questions(scene):
+            assert f"{qa.question} {assistant}" in turns
+            if qa.answer_type in ("color", "shape", "position"):
+                assert qa.answer in context, (qa, context)
+    draw = random.Random(0).choice(lines[1::3])
+    assert draw.startswith(f"{user} ") and f" {assistant} " in draw

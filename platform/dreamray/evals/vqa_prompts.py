@@ -44,6 +44,7 @@ class PromptPreset:
     post_prompt: str = ""
     clip: bool = False
     answerable_check: bool = False
+    image_separator: str = ""
 
 
 # From eval_vqa.sh (the settings of the paper's numbers where the script has several).
@@ -57,6 +58,9 @@ PRESETS = {
     "vizwiz_test": PromptPreset(
         _SYS, _ONE_WORD, "The answer is:", clip=True, answerable_check=True
     ),
+    # LLaVA's own turn, as its instruction data spells it ("<image>\nquestion"), with no
+    # benchmark wording around the question: for models tuned only on such turns.
+    "conversation": PromptPreset(clip=True, image_separator="\n"),
 }
 
 
@@ -81,7 +85,8 @@ def vicuna_v1_1(user: str, assistant_prefix: str = "") -> str:
 
 def vqa_prompt(question: str, preset: PromptPreset, num_patches: int) -> str:
     """The answer prompt of one question."""
-    user = preset.system_prompt + image_block_text(num_patches) + question + preset.prompt
+    image = image_block_text(num_patches) + preset.image_separator
+    user = preset.system_prompt + image + question + preset.prompt
     return vicuna_v1_1(user, preset.post_prompt)
 
 

@@ -4,7 +4,7 @@ the world, so that the tiny recipe visibly learns (see `dreamray.data.world`).
 `build_world_zoo(out, settings, seed)` writes, like `dreamray.zoo.build_tiny_zoo`:
 
 - ``llm/``: the tiny Llama and a BPE tokenizer, trained on the world's captions, drawing
-  instructions and question/answer turns;
+  instructions and question/answer turns that answer from a caption earlier in the line;
 - ``clip/``: the tiny CLIP vision tower, trained with a multi-label attribute head on its
   penultimate-layer patch features side by side (colours, shapes, positions present), plus
   its image processor at the world's image size;
@@ -32,6 +32,8 @@ from dreamray.data.world.scene import WorldSpec
 
 ZOO_KIND = "world"
 REPORT_FILE = "world_zoo_report.json"
+# Bumped when the same settings train other towers (corpus, losses), so an older zoo is rebuilt.
+WORLD_ZOO_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class WorldZooSettings:
 
     image_size: int = 32
     num_scenes: int = 2000
-    llm_steps: int = 300
+    llm_steps: int = 1000
     vision_steps: int = 300
     vae_steps: int = 200
     unet_steps: int = 700
@@ -85,7 +87,7 @@ def build_world_zoo(out: Path, settings: WorldZooSettings = WorldZooSettings(), 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = (zoo.LLM_DIR, zoo.VISION_DIR, zoo.DIFFUSION_DIR, REPORT_FILE)
-    stamp = {"kind": ZOO_KIND, "seed": seed, "version": zoo.ZOO_VERSION,
+    stamp = {"kind": ZOO_KIND, "seed": seed, "version": WORLD_ZOO_VERSION,
              "settings": asdict(settings)}
     if zoo.check_reusable(out, names[:3], stamp):
         return zoo.ZooPaths(out / zoo.LLM_DIR, out / zoo.VISION_DIR, out / zoo.DIFFUSION_DIR)

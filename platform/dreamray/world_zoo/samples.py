@@ -9,7 +9,13 @@ import numpy as np
 import torch
 
 from dreamray.data.world.scene import Scene, WorldSpec, render_scene, sample_scene
-from dreamray.data.world.text import answer_sentence, caption, draw_instruction, questions
+from dreamray.data.world.text import (
+    DESCRIBE,
+    answer_sentence,
+    caption,
+    draw_instruction,
+    questions,
+)
 
 # Vicuna's conversation roles, so the tokenizer learns them as whole pieces.
 ROLES = ("USER:", "ASSISTANT:")
@@ -72,20 +78,33 @@ def world_scenes(spec: WorldSpec, num_scenes: int, seed: int, max_objects: int) 
 
 
 def world_corpus(scenes: list[Scene], seed: int) -> list[str]:
-    """The world's text: per scene a caption, a drawing instruction and its questions as turns.
+    """The world's text, grounded: per scene a caption, then turns that answer from it.
+
+    A frozen LLM can only use an image whose projected tokens it reads like text it already
+    answers from, and dream queries can only carry a prompt's content forward if the LLM does.
+    So the questions and the re-description follow the scene's caption in the same line, where
+    the image's tokens sit in a conversation (``USER: <image>\\nquestion``): the LLM learns
+    to answer from its context, not from a prior over answers.
 
     Args:
         scenes: the scenes the text is about.
         seed: picks the templates.
 
     Returns:
-        One line per text.
+        Three lines per scene: its caption; a drawing instruction answered by a description;
+        the caption followed by every question about the scene, and a request to describe it, as conversation turns.
     """
     rng = random.Random(f"world-corpus/{seed}")
     user, assistant = ROLES
     lines = []
     for scene in scenes:
-        lines += [caption(scene, rng), draw_instruction(scene, rng)]
-        lines += [f"{user} {qa.question} {assistant} {answer_sentence(qa)}"
-                  for qa in questions(scene)]
+        described = caption(scene, rng)
+        turns = [f"{qa.question} {assistant} {answer_sentence(qa)}" for qa in questions(scene)]
+        turns.append(f"{DESCRIBE} {assistant} {caption(scene, rng)}")
+        rng.shuffle(turns)
+        lines += [
+            described,
+            f"{user} {draw_instruction(scene, rng)} {assistant} {caption(scene, rng)}",
+            f"{user} {described}\n" + f" {user} ".join(turns),
+        ]
     return lines

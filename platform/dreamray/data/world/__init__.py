@@ -48,8 +48,13 @@ __all__ = [
 ]
 
 
+# Bumped when the same parameters write other content, so an older world is not reused.
+WORLD_VERSION = 2
+
+
 def _identity(spec: WorldSpec, sizes: WorldSizes, seed: int) -> dict:
-    return {"seed": seed, "faults": False, "world": asdict(spec), "sizes": asdict(sizes)}
+    return {"seed": seed, "faults": False, "version": WORLD_VERSION, "world": asdict(spec),
+            "sizes": asdict(sizes)}
 
 
 def write_world_sources(out: str | Path, spec: WorldSpec, sizes: WorldSizes, seed: int = 0) -> dict:
@@ -74,7 +79,7 @@ def write_world_sources(out: str | Path, spec: WorldSpec, sizes: WorldSizes, see
         if written != identity:
             raise WorldError(
                 f"{out} holds sources written with {written}, not {identity}: "
-                "remove it or pick another --out"
+                "remove it (and the shards converted from it) or pick another --out"
             )
         return read_layouts(out)
     out.mkdir(parents=True, exist_ok=True)

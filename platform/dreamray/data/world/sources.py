@@ -30,6 +30,7 @@ from dreamray.data.synthetic.pairs import (
 )
 from dreamray.data.world.scene import Scene, WorldError, WorldSpec, render_scene, sample_scene
 from dreamray.data.world.text import (
+    DESCRIBE,
     answer_sentence,
     caption,
     describe,
@@ -39,6 +40,12 @@ from dreamray.data.world.text import (
 
 JPEG_QUALITY = 95  # with 4:4:4 chroma: flat colours keep their hue up to the edges
 ROWS_PER_SHARD = 500
+# Objects in an image a stage may learn to draw (pairs, JourneyDB, documents, instructions):
+# the world zoo's UNet draws single objects, and a caption of several objects asks the frozen
+# UNet for an image it cannot make, whose loss swamps the dream queries' gradient (stage-I
+# creation in process, 400 steps: colour 0.83 on single-object pairs, 0.17 with 1-3 objects).
+# LLaVA's images, seen only through CLIP, keep 1 to `WorldSpec.max_objects` objects.
+DRAWN_OBJECTS = 1
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,7 @@ def write_pairs(out: Path, source: str, spec: WorldSpec, seed: int, rows: int) -
         records = []
         for i in range(min(ROWS_PER_SHARD, rows - shard * ROWS_PER_SHARD)):
             key = f"{shard:05d}{i:04d}"
-            scene, image = writer.scene()
+            scene, image = writer.scene(DRAWN_OBJECTS)
             text = caption(scene, writer.rng)
             records.append(img2dataset_row(key, text, image, "success", 0.35))
             writer.truth.expect(
@@ -115,7 +122,7 @@ def write_journeydb(out: Path, spec: WorldSpec, seed: int, rows: int) -> SourceL
     writer, root = WorldWriter(spec, seed, source), out / source / "data" / "train"
     lines = []
     for i in range(rows):
-        scene, image = writer.scene()
+        scene, image = writer.scene(DRAWN_OBJECTS)
         img_path, text = f"./{i // 100:03d}/{i:06d}.jpg", caption(scene, writer.rng)
         write_bytes(root / "imgs" / img_path, image)
         lines.append(
@@ -130,10 +137,10 @@ def write_journeydb(out: Path, spec: WorldSpec, seed: int, rows: int) -> SourceL
 
 
 def _document(writer: WorldWriter, index: int, images_dir: Path, prefix: str = ""):
-    """An MMC4 record of 2-3 scenes: an opening line, then one sentence per scene."""
+    """An MMC4 record of 2-3 one-object scenes: an opening line, then one sentence per scene."""
     texts, images, names = ["Here are some pictures of shapes."], [], []
     for k in range(writer.rng.randint(2, 3)):
-        scene, image = writer.scene()
+        scene, image = writer.scene(DRAWN_OBJECTS)
         texts.append(caption(scene, writer.rng))
         names.append(f"{prefix}{index:06d}_{k}.jpg")
         write_bytes(images_dir / names[-1], image)
@@ -159,7 +166,7 @@ def write_mmc4(out: Path, spec: WorldSpec, seed: int, docs: int) -> SourceLayout
 def _conversation(writer: WorldWriter, source: str) -> tuple[list[dict], Scene, bytes]:
     scene, image = writer.scene()
     if source == "llava_pretrain":
-        pairs = [("Describe the image briefly.", caption(scene, writer.rng))]
+        pairs = [(DESCRIBE, caption(scene, writer.rng))]
     else:
         qas = questions(scene)
         picked = writer.rng.sample(qas, min(len(qas), writer.rng.randint(1, 3)))
@@ -200,7 +207,7 @@ def write_instruct_mmc4(out: Path, spec: WorldSpec, seed: int, rows: int) -> Sou
     writer, root = WorldWriter(spec, seed, source), out / source
     path, images_dir, records = root / "instruct_mmc4.json", root / "mmc4-core-raw", []
     for i in range(rows):
-        scene, image = writer.scene(num_objects=1)
+        scene, image = writer.scene(DRAWN_OBJECTS)
         name = f"{i % 10:03d}/{i:06d}.jpg"
         write_bytes(images_dir / name, image)
         answer = f"Here is {describe(scene.objects[0])}."

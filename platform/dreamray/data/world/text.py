@@ -20,6 +20,7 @@ PLACES = {
 }
 NUMBERS = ("zero", "one", "two", "three")
 _CAPTION_TEMPLATES = ("{objects}.", "A picture of {objects}.", "There is {objects}.")
+DESCRIBE = "Describe the image briefly."  # LLaVA-pretrain's captioning request
 _DRAW_TEMPLATES = ("Draw {objects}.", "Create an image of {objects}.", "Paint {objects}.")
 
 

@@ -51,12 +51,6 @@ def _colour(recipe, model_dir: Path, out: Path) -> dict:
     return run_attribute_match(params, str(model_dir), out, PoolOptions(num_actors=0))
 
 
-# Issue 16's learning target, not met yet: measured 2026-12-07 on toy.yaml at 80 creation
-# steps, colour accuracy base 0.19, creation 0.12, wrong merge 0.23 (chance 0.17); at 480
-# steps creation 0.17 (position 0.38 against 0.20). strict: the day it passes, this marker
-# must go.
-@pytest.mark.xfail(strict=True, reason="stage-I creation does not learn colour on the toy "
-                   "world yet (issue 16; see the note in docs/ARCHITECTURE.md, World zoo)")
 def test_creation_learns_colour_and_a_wrong_merge_falls_back(world_assets, ray_cluster,
                                                             tmp_path):
     recipe = load_recipe(TOY, {"root": str(REPO), "stage_defaults.scaling.cpus_per_worker": 1.0})

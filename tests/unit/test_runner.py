@@ -199,6 +199,19 @@ def test_toy_recipe_reports_a_learning_table_row_per_evaluated_model(tmp_path, m
     assert "| base | 12.50 | 0.00 (0.17) |" in report
 
 
+def test_loss_trend_table_says_which_losses_fell():
+    from dreamray.orchestration.learning import loss_trend_table
+
+    falling = [(i, 20.0 - i) for i in range(20)]  # first 10%: 19.5, last 10%: 1.5
+    rising = [(i, float(i)) for i in reversed(range(20))]  # out of order: sorted by step
+    lines = loss_trend_table({"stage1": {"vm_loss": falling, "lr": rising},
+                              "sft": {"lm_loss": rising, "loss": [(1, 2.0)]}})
+    assert "| stage1 | vm_loss | 20 | 19.5 | 1.5 | yes |" in lines
+    assert "| sft | lm_loss | 20 | 0.5 | 18.5 | **no** |" in lines
+    assert not any("| lr |" in line or "| loss | 1 |" in line for line in lines)
+    assert loss_trend_table({"stage1": {"lr": rising}}) == []
+
+
 def test_a_publish_that_runs_out_of_space_leaves_no_artifact_and_no_done(tmp_path, monkeypatch):
     import errno
 

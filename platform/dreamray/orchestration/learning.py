@@ -4,7 +4,8 @@ Every done eval stage contributes the scores of its task to the row of the model
 (`eval.model`: `base`, `stage:<name>` or a directory): FID from `coco_fid`, colour / shape /
 position accuracy of generated images (with chance levels) from `attribute_match`, overall and
 per-answer-type VQA accuracy from `vqa`. Rows follow the DAG order of the evaluated stages, the
-base model first. Pure: reads `result.json` files through the run storage.
+base model first. Pure: reads `result.json` files through the run storage. Beside it,
+`loss_trend_table` says whether each train stage's losses fell (first vs last 10% of steps).
 """
 
 from __future__ import annotations
@@ -132,3 +133,29 @@ def learning_table(rows: list[LearningRow]) -> list[str]:
 
 def _num(value: float | None, fmt: str) -> str:
     return "" if value is None else fmt.format(value)
+
+
+def loss_trend_table(histories: Mapping[str, Mapping[str, list[tuple[int, float]]]]) -> list[str]:
+    """Did each train stage's losses fall? Mean of the first and of the last 10% of steps.
+
+    Args:
+        histories: train stage -> tag -> [(step, value)] (`report.load_history`).
+
+    Returns:
+        Markdown lines: one row per stage and loss tag; nothing when no stage logged a loss.
+    """
+    rows = []
+    for name, series in histories.items():
+        for tag in sorted(t for t in series if t.endswith("loss") and len(series[t]) >= 2):
+            values = [v for _, v in sorted(series[tag])]
+            window = max(1, len(values) // 10)
+            first = sum(values[:window]) / window
+            last = sum(values[-window:]) / window
+            rows.append(f"| {name} | {tag} | {len(values)} | {first:.4g} | {last:.4g} | "
+                        f"{'yes' if last < first else '**no**'} |")
+    if not rows:
+        return []
+    return ["## Did the losses fall?", "",
+            "Mean of each loss over the first and over the last 10% of a stage's steps.", "",
+            "| stage | loss | steps | first 10% | last 10% | fell |", "|---|---|---|---|---|---|",
+            *rows, ""]

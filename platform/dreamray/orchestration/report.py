@@ -16,7 +16,7 @@ from pathlib import Path
 from dreamray.config import RecipeSpec
 from dreamray.evals.results import GRID_FILE
 from dreamray.orchestration.identity import stage_key
-from dreamray.orchestration.learning import learning_rows, learning_table
+from dreamray.orchestration.learning import learning_rows, learning_table, loss_trend_table
 from dreamray.orchestration.ledger import Ledger, StageRecord, artifact_rel, train_rel
 from dreamray.orchestration.storage import RunStorage
 from dreamray.orchestration.sweep_report import sweep_sections
@@ -220,7 +220,7 @@ def plot_sections(storage: RunStorage, recipe: RecipeSpec, ids: Mapping[str, str
         rec = records.get(name)
         if rec is not None and rec.status == "done" and rec.kind == "train":
             histories[name] = load_history(storage, name, ids[name])
-    lines = ["## Loss curves", ""]
+    lines = [*loss_trend_table(histories), "## Loss curves", ""]
     png = plot_losses(histories)
     if png:
         storage.write_bytes(LOSS_PLOT, png)

@@ -50,7 +50,7 @@ class WorldZooSettings:
 
     image_size: int = 32
     num_scenes: int = 2000
-    llm_steps: int = 1000
+    llm_steps: int = 1500
     vision_steps: int = 300
     vae_steps: int = 200
     unet_steps: int = 700

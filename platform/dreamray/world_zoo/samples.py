@@ -92,7 +92,8 @@ def world_corpus(scenes: list[Scene], seed: int) -> list[str]:
 
     Returns:
         Three lines per scene: its caption; a drawing instruction answered by a description;
-        the caption followed by every question about the scene, and a request to describe it, as conversation turns.
+        the caption followed by every question about the scene and a request to describe it,
+        as conversation turns.
     """
     rng = random.Random(f"world-corpus/{seed}")
     user, assistant = ROLES

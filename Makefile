@@ -63,7 +63,7 @@ tiny: venv world
 	$(PY) -m dreamray.evals.tiny --out $(TINY)/evals
 
 # The shapes world under .cache/tiny/world (idempotent): its sources converted to shards, its
-# COCO-captions / VQAv2 eval sets and the world zoo pretrained on it (~4 min on 2 cores), all
+# COCO-captions / VQAv2 eval sets and the world zoo pretrained on it (~7 min on 2 cores), all
 # that toy.yaml reads.
 world: venv
 	$(PY) -m dreamray.data.world --out $(TINY)/world/data

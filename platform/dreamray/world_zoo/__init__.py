@@ -38,7 +38,7 @@ WORLD_ZOO_VERSION = 2
 
 @dataclass(frozen=True)
 class WorldZooSettings:
-    """How much each tower trains (the defaults: ~4 min on 2 CPU cores).
+    """How much each tower trains (the defaults: ~7 min on 2 CPU cores).
 
     Attributes:
         image_size: the world's image side = CLIP's input = the SD resolution (32 or 64).

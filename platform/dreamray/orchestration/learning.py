@@ -20,6 +20,9 @@ from dreamray.evals.results import RESULT_FILE
 from dreamray.orchestration.ledger import StageRecord, artifact_rel
 from dreamray.orchestration.storage import RunStorage
 
+# One stage's per-step scalars: tag -> [(step, value)] (`report.load_history`).
+History = dict[str, list[tuple[int, float]]]
+
 # The world VQA set's answer types (`data/world/text.py`), shown as columns in this order.
 VQA_TYPES = ("color", "shape", "position", "number")
 
@@ -135,11 +138,11 @@ def _num(value: float | None, fmt: str) -> str:
     return "" if value is None else fmt.format(value)
 
 
-def loss_trend_table(histories: Mapping[str, Mapping[str, list[tuple[int, float]]]]) -> list[str]:
+def loss_trend_table(histories: Mapping[str, History]) -> list[str]:
     """Did each train stage's losses fall? Mean of the first and of the last 10% of steps.
 
     Args:
-        histories: train stage -> tag -> [(step, value)] (`report.load_history`).
+        histories: train stage -> its `History`.
 
     Returns:
         Markdown lines: one row per stage and loss tag; nothing when no stage logged a loss.

@@ -16,7 +16,12 @@ from pathlib import Path
 from dreamray.config import RecipeSpec
 from dreamray.evals.results import GRID_FILE
 from dreamray.orchestration.identity import stage_key
-from dreamray.orchestration.learning import learning_rows, learning_table, loss_trend_table
+from dreamray.orchestration.learning import (
+    History,
+    learning_rows,
+    learning_table,
+    loss_trend_table,
+)
 from dreamray.orchestration.ledger import Ledger, StageRecord, artifact_rel, train_rel
 from dreamray.orchestration.storage import RunStorage
 from dreamray.orchestration.sweep_report import sweep_sections
@@ -24,7 +29,6 @@ from dreamray.orchestration.sweep_report import sweep_sections
 REPORT = "report.md"
 LOSS_PLOT = "plots/losses.png"
 GRID_MAX_IMAGES = 16
-History = dict[str, list[tuple[int, float]]]
 
 
 def write_report(storage: RunStorage, recipe: RecipeSpec, ids: Mapping[str, str],

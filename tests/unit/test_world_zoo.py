@@ -12,8 +12,8 @@ from dreamray import zoo
 from dreamray.model.layouts import diffusion_resolution
 from dreamray.world_zoo import REPORT_FILE, WorldZooSettings, build_world_zoo
 
-FEW = WorldZooSettings(num_scenes=40, llm_steps=3, vision_steps=3, vae_steps=2, unet_steps=3,
-                       batch_size=4, check_samples=3)
+FEW = WorldZooSettings(num_scenes=40, vision_scenes=40, llm_steps=3, vision_steps=3,
+                       vae_steps=2, unet_steps=3, batch_size=4, check_samples=3)
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +95,23 @@ def test_llm_corpus_answers_from_the_caption_before_it():
             if qa.answer_type in ("color", "shape", "position"):
                 assert qa.answer in context, (qa, context)
     assert all(d.startswith(f"{user} ") and f" {assistant} " in d for d in lines[1::3])
+
+
+def test_vision_targets_name_the_object_on_each_patch():
+    from dreamray.data.world.scene import Scene, WorldObject, WorldSpec
+    from dreamray.world_zoo.towers import patch_targets
+
+    spec = WorldSpec(image_size=32)
+    scene = Scene(objects=(WorldObject("red", "circle", "top", "large"),
+                           WorldObject("blue", "square", "bottom", "small")))
+    targets = {k: t.view(4, 4) for k, t in patch_targets([scene], spec, 4).items()}
+    red, circle, top = (1 + spec.colors.index("red"), 1 + spec.shapes.index("circle"),
+                        1 + spec.positions.index("top"))
+    blue, bottom = 1 + spec.colors.index("blue"), 1 + spec.positions.index("bottom")
+    # the top object sits on the middle two columns of the upper rows, the bottom one below
+    assert targets["color"][0, 1] == red and targets["shape"][0, 2] == circle
+    assert targets["position"][0, 1] == top
+    assert targets["color"][3, 1] == blue and targets["position"][3, 2] == bottom
+    assert targets["size"][0, 1] == 1 + spec.sizes.index("large")
+    # the corners and the outer columns show only background
+    assert all(int(targets[k][r, c]) == 0 for k in targets for r in range(4) for c in (0, 3))

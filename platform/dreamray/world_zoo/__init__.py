@@ -5,14 +5,14 @@ the world, so that the tiny recipe visibly learns (see `dreamray.data.world`).
 
 - ``llm/``: the tiny Llama and a BPE tokenizer, trained on the world's captions, drawing
   instructions and question/answer turns that answer from a caption earlier in the line;
-- ``clip/``: the tiny CLIP vision tower, trained with a multi-label attribute head on its
-  penultimate-layer patch features side by side (colours, shapes, positions present), plus
-  its image processor at the world's image size;
+- ``clip/``: the tiny CLIP vision tower, trained with a head on its penultimate-layer patch
+  features side by side that names each position's colour, shape and size (or "empty"),
+  plus its image processor at the world's image size;
 - ``sd/``: the SD 2.1 layout: ``vae/`` trained to reconstruct scenes, ``unet/`` trained as a
   text-conditional denoiser (v-prediction) with ``text_encoder/`` (tiny CLIP text model) and
   ``tokenizer/``, ``scheduler/`` and ``model_index.json``;
 - ``world_zoo_report.json``: what each tower learned, measured at build time (loss curves,
-  the attribute head's held-out accuracy, the attribute reader on VAE reconstructions and on
+  the position head's held-out accuracy, the attribute reader on VAE reconstructions and on
   the UNet's own text-conditioned samples).
 
 Same seed and settings, same zoo: the stamp records both, and a matching zoo is reused.
@@ -22,7 +22,9 @@ CLI: ``python -m dreamray.world_zoo --out DIR``.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from dreamray.data.world.scene import WorldSpec
 ZOO_KIND = "world"
 REPORT_FILE = "world_zoo_report.json"
 # Bumped when the same settings train other towers (corpus, losses), so an older zoo is rebuilt.
-WORLD_ZOO_VERSION = 2
+WORLD_ZOO_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class WorldZooSettings:
     Attributes:
         image_size: the world's image side = CLIP's input = the SD resolution (32 or 64).
         num_scenes: rendered training scenes (single-object: the prompts of the evals).
+        vision_scenes: rendered scenes of 1-3 objects the vision tower trains on.
         llm_steps, vision_steps, vae_steps, unet_steps: optimizer steps per tower.
         batch_size: samples per step.
         check_samples: held-out prompts the zoo's UNet is checked on.
@@ -50,8 +53,9 @@ class WorldZooSettings:
 
     image_size: int = 32
     num_scenes: int = 2000
+    vision_scenes: int = 6000
     llm_steps: int = 1500
-    vision_steps: int = 300
+    vision_steps: int = 1500
     vae_steps: int = 200
     unet_steps: int = 700
     batch_size: int = 32
@@ -104,22 +108,54 @@ def build_world_zoo(out: Path, settings: WorldZooSettings = WorldZooSettings(), 
 
 def _train_towers(staging: Path, settings: WorldZooSettings, seed: int,
                   progress: bool) -> dict[str, Any]:
-    from dreamray.world_zoo import checks, diffusion, towers
+    """The comprehension towers in a child process beside the diffusion towers: models this
+    small barely use a second thread, so two single-threaded trainings finish sooner than
+    the same two one after the other on two threads. Each tower seeds itself, so the split
+    changes no sample, batch or init."""
+    import torch
+
+    threads = torch.get_num_threads()
+    child_threads = max(1, threads // 2)
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        comprehension = pool.submit(_train_comprehension_towers, staging, settings, seed,
+                                    progress, child_threads)
+        torch.set_num_threads(max(1, threads - child_threads))
+        try:
+            report = _train_diffusion_towers(staging, settings, seed, progress)
+        finally:
+            torch.set_num_threads(threads)
+        return {**comprehension.result(), **report}
+
+
+def _train_comprehension_towers(staging: Path, settings: WorldZooSettings, seed: int,
+                                progress: bool, threads: int) -> dict[str, Any]:
+    import torch
+
+    from dreamray.world_zoo import towers
     from dreamray.world_zoo.samples import world_corpus, world_samples, world_scenes
+
+    torch.set_num_threads(threads)
+    spec = WorldSpec(image_size=settings.image_size)
+    # the text covers multi-object scenes too: counts, and questions about each shape
+    corpus = world_corpus(world_scenes(spec, settings.num_scenes, seed + 1, spec.max_objects), seed)
+    b = settings.batch_size
+    llm = towers.train_llm(staging / zoo.LLM_DIR, corpus, settings.llm_steps, b, seed, progress)
+    # the vision tower sees scenes of 1-3 objects: comprehension data has them
+    scenes = world_samples(spec, settings.vision_scenes, seed + 2, spec.max_objects)
+    vision, heldout = towers.train_vision(staging / zoo.VISION_DIR, scenes, spec,
+                                          settings.vision_steps, b, seed, progress)
+    return {"llm": llm.as_dict(), "vision": {**vision.as_dict(), **heldout}}
+
+
+def _train_diffusion_towers(staging: Path, settings: WorldZooSettings, seed: int,
+                            progress: bool) -> dict[str, Any]:
+    from dreamray.world_zoo import checks, diffusion
+    from dreamray.world_zoo.samples import world_samples
 
     spec = WorldSpec(image_size=settings.image_size)
     samples = world_samples(spec, settings.num_scenes, seed)
-    # the text covers multi-object scenes too: counts, and questions about each shape
-    corpus = world_corpus(world_scenes(spec, settings.num_scenes, seed + 1, spec.max_objects), seed)
-    b, report = settings.batch_size, {}
-    llm = towers.train_llm(staging / zoo.LLM_DIR, corpus, settings.llm_steps, b, seed, progress)
-    report["llm"] = llm.as_dict()
-    # the vision tower sees scenes of 1-3 objects: comprehension data has them
-    scenes = world_samples(spec, settings.num_scenes, seed + 2, spec.max_objects)
-    vision, heldout = towers.train_vision(staging / zoo.VISION_DIR, scenes, spec,
-                                          settings.vision_steps, b, seed, progress)
-    report["vision"] = {**vision.as_dict(), **heldout}
-    sd = staging / zoo.DIFFUSION_DIR
+    sd, b = staging / zoo.DIFFUSION_DIR, settings.batch_size
     vae, vae_curve, latents = diffusion.train_vae(samples, spec, settings.vae_steps, b, seed,
                                                   progress)
     text_encoder, tok = diffusion.text_encoder_and_tokenizer(sd / "tokenizer", samples.captions,
@@ -129,6 +165,5 @@ def _train_towers(staging: Path, settings: WorldZooSettings, seed: int,
     diffusion.save_diffusion(sd, vae, text_encoder, unet)
     check = checks.check_diffusion(vae, unet, text_encoder, tok, spec, settings.check_samples,
                                    seed)
-    report["vae"] = {**vae_curve.as_dict(), "reconstruction": check["reconstruction"]}
-    report["unet"] = {**unet_curve.as_dict(), "generation": check["generation"]}
-    return report
+    return {"vae": {**vae_curve.as_dict(), "reconstruction": check["reconstruction"]},
+            "unet": {**unet_curve.as_dict(), "generation": check["generation"]}}

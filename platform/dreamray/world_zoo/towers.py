@@ -1,6 +1,6 @@
 """The pretrained world zoo's comprehension towers, trained on the shapes world and saved in
 their real layouts: the Llama LM on the world's text, the CLIP vision tower with a
-per-position attribute head (the diffusion towers are in `diffusion.py`)."""
+per-patch attribute head (the diffusion towers are in `diffusion.py`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dreamray import zoo
-from dreamray.data.world.scene import POSITIONS, SIZES, Scene, WorldSpec
+from dreamray.data.world.scene import POSITIONS, SIZES, Scene, WorldObject, WorldSpec
 from dreamray.model.layouts import CLIP_MEAN, CLIP_STD, clip_processor
 from dreamray.model.tokens import IGNORE_INDEX
 from dreamray.world_zoo.samples import WorldSamples
@@ -76,7 +76,8 @@ def patch_targets(scenes: list[Scene], spec: WorldSpec, grid: int) -> dict[str, 
     return out
 
 
-def _covering_object(scene: Scene, offsets: Any, px: int, py: int, grid: int) -> Any:
+def _covering_object(scene: Scene, offsets: Any, px: int, py: int,
+                     grid: int) -> WorldObject | None:
     best, best_area = None, 0.0
     for obj, (dx, dy) in zip(scene.objects, offsets, strict=True):
         ax, ay = POSITIONS[obj.position]
@@ -115,8 +116,8 @@ def train_vision(out_dir: Path, samples: WorldSamples, spec: WorldSpec, steps: i
     (`scene_attributes`); the head is dropped after training.
 
     Measured through SFT (VQA on the world's eval set, 160 steps): a head over all patches
-    side by side gave colour 0.62 / shape 0.41; the per-patch head alone 0.23 / 0.71; both
-    per-patch targets 0.60 / 0.62. The scene tags keep a colour on every token, the
+    side by side gave colour 0.62 / shape 0.41; the per-patch classes alone 0.23 / 0.71; with
+    the scene tags too 0.60 / 0.62. The scene tags keep a colour on every token, the
     per-patch ones bind it to its shape and place.
 
     Returns:

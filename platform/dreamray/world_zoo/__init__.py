@@ -5,14 +5,15 @@ the world, so that the tiny recipe visibly learns (see `dreamray.data.world`).
 
 - ``llm/``: the tiny Llama and a BPE tokenizer, trained on the world's captions, drawing
   instructions and question/answer turns that answer from a caption earlier in the line;
-- ``clip/``: the tiny CLIP vision tower, trained with a head on its penultimate-layer patch
-  features side by side that names each position's colour, shape and size (or "empty"),
-  plus its image processor at the world's image size;
+- ``clip/``: the tiny CLIP vision tower, trained with a head shared by its penultimate-layer
+  patch features that names the object on each patch (colour, shape, size, position, or
+  "empty") and the values the whole scene shows, plus its image processor at the world's
+  image size;
 - ``sd/``: the SD 2.1 layout: ``vae/`` trained to reconstruct scenes, ``unet/`` trained as a
   text-conditional denoiser (v-prediction) with ``text_encoder/`` (tiny CLIP text model) and
   ``tokenizer/``, ``scheduler/`` and ``model_index.json``;
 - ``world_zoo_report.json``: what each tower learned, measured at build time (loss curves,
-  the position head's held-out accuracy, the attribute reader on VAE reconstructions and on
+  the patch head's held-out accuracy, the attribute reader on VAE reconstructions and on
   the UNet's own text-conditioned samples).
 
 Same seed and settings, same zoo: the stamp records both, and a matching zoo is reused.
@@ -108,16 +109,16 @@ def _train_towers(staging: Path, settings: WorldZooSettings, seed: int,
                   progress: bool) -> dict[str, Any]:
     # One after the other on all threads: the UNet's weights depend on the thread count
     # (float reduction order), and the toy recipe's measured numbers were made with these.
-    return {**_train_comprehension_towers(staging, settings, seed, progress),
-            **_train_diffusion_towers(staging, settings, seed, progress)}
+    spec = WorldSpec(image_size=settings.image_size)
+    return {**_train_comprehension_towers(staging, spec, settings, seed, progress),
+            **_train_diffusion_towers(staging, spec, settings, seed, progress)}
 
 
-def _train_comprehension_towers(staging: Path, settings: WorldZooSettings, seed: int,
-                                progress: bool) -> dict[str, Any]:
+def _train_comprehension_towers(staging: Path, spec: WorldSpec, settings: WorldZooSettings,
+                                seed: int, progress: bool) -> dict[str, Any]:
     from dreamray.world_zoo import towers
     from dreamray.world_zoo.samples import world_corpus, world_samples, world_scenes
 
-    spec = WorldSpec(image_size=settings.image_size)
     # the text covers multi-object scenes too: counts, and questions about each shape
     corpus = world_corpus(world_scenes(spec, settings.num_scenes, seed + 1, spec.max_objects), seed)
     b = settings.batch_size
@@ -129,12 +130,11 @@ def _train_comprehension_towers(staging: Path, settings: WorldZooSettings, seed:
     return {"llm": llm.as_dict(), "vision": {**vision.as_dict(), **heldout}}
 
 
-def _train_diffusion_towers(staging: Path, settings: WorldZooSettings, seed: int,
-                            progress: bool) -> dict[str, Any]:
+def _train_diffusion_towers(staging: Path, spec: WorldSpec, settings: WorldZooSettings,
+                            seed: int, progress: bool) -> dict[str, Any]:
     from dreamray.world_zoo import checks, diffusion
     from dreamray.world_zoo.samples import world_samples
 
-    spec = WorldSpec(image_size=settings.image_size)
     samples = world_samples(spec, settings.num_scenes, seed)
     sd, b = staging / zoo.DIFFUSION_DIR, settings.batch_size
     vae, vae_curve, latents = diffusion.train_vae(samples, spec, settings.vae_steps, b, seed,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dreamray import zoo
-from dreamray.data.world.scene import POSITIONS, SIZES, Scene, WorldObject, WorldSpec
+from dreamray.data.world.scene import Scene, WorldObject, WorldSpec
 from dreamray.model.layouts import CLIP_MEAN, CLIP_STD, clip_processor
 from dreamray.model.tokens import IGNORE_INDEX
 from dreamray.world_zoo.samples import WorldSamples
@@ -68,22 +68,20 @@ def patch_targets(scenes: list[Scene], spec: WorldSpec, grid: int) -> dict[str, 
     values = _attribute_values(spec)
     out = {k: torch.zeros(len(scenes), grid * grid, dtype=torch.long) for k in values}
     for row, scene in enumerate(scenes):
-        offsets = scene.offsets or ((0.0, 0.0),) * len(scene.objects)
+        placed = scene.placements()
         for patch in range(grid * grid):
-            obj = _covering_object(scene, offsets, patch % grid, patch // grid, grid)
+            obj = _covering_object(placed, patch % grid, patch // grid, grid)
             for key, names in values.items():
                 out[key][row, patch] = 0 if obj is None else 1 + names.index(getattr(obj, key))
     return out
 
 
-def _covering_object(scene: Scene, offsets: Any, px: int, py: int,
+def _covering_object(placed: list[tuple[WorldObject, float, float, float]], px: int, py: int,
                      grid: int) -> WorldObject | None:
     best, best_area = None, 0.0
-    for obj, (dx, dy) in zip(scene.objects, offsets, strict=True):
-        ax, ay = POSITIONS[obj.position]
-        r = SIZES[obj.size]
-        wide = min((px + 1) / grid, ax + dx + r) - max(px / grid, ax + dx - r)
-        high = min((py + 1) / grid, ay + dy + r) - max(py / grid, ay + dy - r)
+    for obj, x, y, r in placed:
+        wide = min((px + 1) / grid, x + r) - max(px / grid, x - r)
+        high = min((py + 1) / grid, y + r) - max(py / grid, y - r)
         if wide > 0 and high > 0 and wide * high > best_area:
             best, best_area = obj, wide * high
     return best

@@ -132,6 +132,16 @@ class Scene:
         """The objects as JSON-ready dicts (what a truth file records)."""
         return [o.as_dict() for o in self.objects]
 
+    def placements(self) -> list[tuple[WorldObject, float, float, float]]:
+        """Where each object is drawn: (object, centre x, centre y, radius), as fractions of
+        the side (its anchor plus its jitter; the shape fits in the circle of that radius)."""
+        offsets = self.offsets or ((0.0, 0.0),) * len(self.objects)
+        out = []
+        for obj, (dx, dy) in zip(self.objects, offsets, strict=True):
+            ax, ay = POSITIONS[obj.position]
+            out.append((obj, ax + dx, ay + dy, SIZES[obj.size]))
+        return out
+
 
 def sample_scene(rng: random.Random, spec: WorldSpec, num_objects: int | None = None) -> Scene:
     """Draw a scene: 1..max_objects objects on distinct positions.
@@ -182,10 +192,8 @@ def render_scene(scene: Scene, spec: WorldSpec) -> Image.Image:
     side = spec.image_size * SUPERSAMPLE
     canvas = Image.new("RGB", (side, side), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    offsets = scene.offsets or ((0.0, 0.0),) * len(scene.objects)
-    for obj, (dx, dy) in zip(scene.objects, offsets, strict=True):
-        ax, ay = POSITIONS[obj.position]
-        cx, cy, r = (ax + dx) * side, (ay + dy) * side, SIZES[obj.size] * side
+    for obj, x, y, radius in scene.placements():
+        cx, cy, r = x * side, y * side, radius * side
         fill = PALETTE[obj.color]
         if obj.shape == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
